@@ -1,0 +1,253 @@
+"""The `distillery` command: run the service or worker, build and serve the tiny teacher, talk to the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from app.api_client import ApiCallError, DistilleryClient
+from app.settings import get_settings
+
+app = typer.Typer(help="Distillery: teacher top-k logprobs as knowledge-distillation datasets.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+teacher_app = typer.Typer(help="The local tiny teacher (development, tests, demo).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(teacher_app, name="teacher")
+console = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="DISTILLERY_URL", help="The service's base URL.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings: 8000).")] = None,
+    worker: Annotated[bool, typer.Option(help="Run the embedded worker in the same process.")] = True,
+) -> None:
+    """Run the HTTP API, with an embedded worker by default (the single-machine setup)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    _logging()
+    settings = get_settings().model_copy(update={"embedded_worker": worker})
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@app.command("worker")
+def run_worker() -> None:
+    """Run a standalone worker: claims queued items and dispatches them to the teachers."""
+    from app.database import Database
+    from app.worker.service import Worker
+
+    _logging()
+    settings = get_settings()
+
+    async def main() -> None:
+        database = Database(settings.resolved_database_url)
+        await database.upgrade_schema()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await Worker(database, settings).run(stop)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to head."""
+    from app.database import Database
+
+    settings = get_settings()
+
+    async def main() -> None:
+        database = Database(settings.resolved_database_url)
+        await database.upgrade_schema()
+        await database.dispose()
+
+    asyncio.run(main())
+    console.print(f"schema at head on {settings.resolved_database_url}")
+
+
+@teacher_app.command("build-tiny")
+def teacher_build_tiny(
+    out: Annotated[Path | None, typer.Option(help="Model folder (default: the cache folder for the seed).")] = None,
+    seed: int = 0,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: the builder's).")] = None,
+) -> None:
+    """Build the tiny Llama teacher from nothing: tokenizer, config, a short training run, safetensors."""
+    from app.tiny_teacher import default_cache_dir
+    from app.tiny_teacher.build import build_tiny_teacher, ensure_tiny_teacher
+
+    _logging()
+    if out is None and steps is None:
+        path = ensure_tiny_teacher(default_cache_dir(), seed=seed)
+    else:
+        kwargs: dict[str, Any] = {"seed": seed}
+        if steps is not None:
+            kwargs["train_steps"] = steps
+        path = build_tiny_teacher(out or default_cache_dir() / f"tiny-custom-seed{seed}", **kwargs)
+    typer.echo(str(path))
+
+
+@teacher_app.command("serve")
+def teacher_serve(
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: build or reuse the tiny teacher).")] = None,
+    port: int = 8100,
+    name: Annotated[str, typer.Option(help="Served model name.")] = "tiny",
+    max_logprobs: int = 20,
+    dtype: str = "float32",
+) -> None:
+    """Run vLLM's OpenAI-compatible server on the tiny teacher, on 127.0.0.1, until interrupted."""
+    import os
+    import subprocess
+
+    from app.tiny_teacher import default_cache_dir
+    from app.tiny_teacher.build import ensure_tiny_teacher
+    from app.tiny_teacher.serve import vllm_server_command, vllm_server_env
+
+    model_dir = model or ensure_tiny_teacher(default_cache_dir())
+    cmd = vllm_server_command(model_dir, port=port, served_model_name=name, max_logprobs=max_logprobs, dtype=dtype)
+    raise typer.Exit(subprocess.call(cmd, env=vllm_server_env(os.environ)))
+
+
+def _fail(exc: ApiCallError) -> typer.Exit:
+    console.print(f"[red]HTTP {exc.status}[/red]: {json.dumps(exc.detail, indent=2)}")
+    return typer.Exit(1)
+
+
+def follow_job(client: DistilleryClient, job_id: str) -> dict[str, Any]:
+    """Show a progress bar until the job reaches a final status."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:>8.0f} tok/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("queued", total=None, tps=0.0)
+
+        def update(job: dict[str, Any]) -> None:
+            counts = job["counts"]
+            progress.update(
+                task,
+                total=counts["total"],
+                completed=counts["done"] + counts["failed"] + counts["cancelled"],
+                description=job["status"],
+                tps=job["tokens_per_second"],
+            )
+
+        return client.wait(job_id, on_update=update)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL prompt records.")],
+    teacher: str = "tiny",
+    max_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_logprobs: Annotated[int, typer.Option("--top-logprobs", "-k")] = 20,
+    n: int = 1,
+    seed: int | None = None,
+    wait: Annotated[bool, typer.Option(help="Show a progress bar until the job ends.")] = True,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Upload a JSONL prompt set as a job; prints the job id and, with --wait, follows it to the end."""
+    form = {
+        "teacher": teacher,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_logprobs": top_logprobs,
+        "n": n,
+        "seed": seed,
+    }
+    try:
+        with DistilleryClient(url) as client:
+            job = client.upload(file, form)
+            typer.echo(job["id"])
+            if not wait:
+                return
+            job = follow_job(client, job["id"])
+    except ApiCallError as exc:
+        raise _fail(exc) from None
+    counts = job["counts"]
+    console.print(
+        f"job {job['id']} {job['status']}: {counts['done']} done, {counts['failed']} failed, "
+        f"{job['tokens_generated']} tokens"
+    )
+    if job["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = DEFAULT_URL) -> None:
+    """Show one job, or list recent jobs."""
+    try:
+        with DistilleryClient(url) as client:
+            if job_id:
+                typer.echo(json.dumps(client.job(job_id), indent=2))
+                return
+            for job in client.jobs():
+                counts = job["counts"]
+                typer.echo(
+                    f"{job['id']}  {job['status']:<9}  {counts['done']}/{counts['total']} done  "
+                    f"{counts['failed']} failed  {job['tokens_generated']} tokens  {job['created_at']}"
+                )
+    except ApiCallError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def export(
+    job_id: str,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: job-<id>.<format>).")] = None,
+    format: Annotated[str, typer.Option(help="parquet or jsonl")] = "parquet",
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Download a job's dataset as a streamed file."""
+    path = out or Path(f"job-{job_id}.{format}")
+    try:
+        with DistilleryClient(url) as client:
+            client.export(job_id, path, format)
+    except ApiCallError as exc:
+        raise _fail(exc) from None
+    typer.echo(str(path))
+
+
+@app.command()
+def demo(
+    prompts: Annotated[Path, typer.Option(help="JSONL prompt set.")] = Path("examples/prompts.jsonl"),
+    data_dir: Annotated[Path, typer.Option(help="Where the SQLite database and the export go.")] = Path("data/demo"),
+    max_tokens: int = 64,
+    top_logprobs: int = 20,
+) -> None:
+    """End to end on this machine: tiny teacher, vLLM, the service on SQLite, a job, its Parquet export."""
+    from app.demo import run_demo
+
+    sys.exit(run_demo(prompts=prompts, data_dir=data_dir, max_tokens=max_tokens, top_logprobs=top_logprobs))
+
+
+def main() -> None:
+    app()

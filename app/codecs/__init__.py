@@ -1,0 +1,1 @@
+"""Binary codecs for the per-completion arrays stored in the results table."""

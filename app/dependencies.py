@@ -1,0 +1,38 @@
+"""Request dependencies. The request's session is the edge that opens and commits its transaction."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.database import Database
+from app.settings import Settings
+from app.teachers.service import TeacherRegistry
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_registry(request: Request) -> TeacherRegistry:
+    registry: TeacherRegistry = request.app.state.registry
+    return registry
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_session(database: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, rolled back when it raises."""
+    async with database.transaction() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+RegistryDep = Annotated[TeacherRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]

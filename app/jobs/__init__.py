@@ -1,0 +1,1 @@
+"""Jobs: prompt sets submitted for a teacher, their items and their progress."""

@@ -1,0 +1,62 @@
+"""Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+
+from app.dependencies import RegistryDep, SessionDep, SettingsDep
+from app.errors import ApiError
+from app.jobs import service
+from app.jobs.schemas import GenerationParams, JobCreate, JobPage, JobRead
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class JobUploadForm(GenerationParams):
+    """The upload's form fields: the teacher and the generation params, flat."""
+
+    teacher: str
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+async def create_job(body: JobCreate, session: SessionDep, registry: RegistryDep) -> JobRead:
+    job = await service.create_job(session, registry, body)
+    return (await service.to_reads(session, [job]))[0]
+
+
+@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+async def upload_job(
+    form: Annotated[JobUploadForm, Form()],
+    file: Annotated[UploadFile, File(description="JSONL, one prompt record per line.")],
+    session: SessionDep,
+    registry: RegistryDep,
+) -> JobRead:
+    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher"}))
+    job = await service.create_job_from_upload(session, registry, form.teacher, params, file)
+    return (await service.to_reads(session, [job]))[0]
+
+
+@router.get("", response_model=JobPage)
+async def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    return await service.list_jobs(session, limit=min(limit, settings.max_page_size), cursor=cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+async def get_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    job = await service.get_job(session, job_id)
+    return (await service.to_reads(session, [job]))[0]
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    job = await service.cancel_job(session, job_id)
+    return (await service.to_reads(session, [job]))[0]
+
+
+__all__ = ["ApiError", "router"]

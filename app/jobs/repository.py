@@ -1,0 +1,74 @@
+"""All SQL of the jobs domain."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Item, Job, JobProgress, utcnow
+
+PROGRESS_BUCKET_S = 10
+
+
+async def insert_job(session: AsyncSession, job: Job) -> Job:
+    session.add(job)
+    await session.flush()
+    return job
+
+
+async def insert_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk-insert item rows (executemany): one statement per chunk, not one per item."""
+    if rows:
+        await session.execute(insert(Item), list(rows))
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID, *, for_update: bool = False) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_jobs(session: AsyncSession, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[Job]:
+    """Newest first, keyset-paged on (created_at, id)."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if after is not None:
+        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(after[0], after[1]))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def cancel_queued_items(session: AsyncSession, job_id: uuid.UUID) -> int:
+    """Mark the job's not-yet-sent items cancelled; items already leased finish as they are."""
+    result = await session.execute(
+        update(Item)
+        .where(Item.job_id == job_id, Item.status == "queued")
+        .values(status="cancelled", lease_owner=None, lease_expires_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_job_cancelled(session: AsyncSession, job_id: uuid.UUID, cancelled: int) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status="cancelled", cancelled_items=Job.cancelled_items + cancelled, finished_at=utcnow())
+    )
+
+
+async def recent_tokens(
+    session: AsyncSession, job_ids: Sequence[uuid.UUID], *, since_bucket: int
+) -> dict[uuid.UUID, int]:
+    """Tokens stored per job in progress buckets from since_bucket on."""
+    if not job_ids:
+        return {}
+    rows = await session.execute(
+        select(JobProgress.job_id, func.sum(JobProgress.tokens))
+        .where(JobProgress.job_id.in_(job_ids), JobProgress.bucket >= since_bucket)
+        .group_by(JobProgress.job_id)
+    )
+    return {job_id: int(total or 0) for job_id, total in rows.all()}

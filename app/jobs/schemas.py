@@ -1,0 +1,95 @@
+"""Pydantic models of the jobs API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
+
+MAX_SEED = 2**31 - 1
+
+
+class Message(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptRecord(BaseModel):
+    """One prompt: a raw `prompt` string or chat `messages`, with an optional caller id and metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str | None = Field(default=None, min_length=1, max_length=256)
+    prompt: str | None = Field(default=None, min_length=1)
+    messages: list[Message] | None = Field(default=None, min_length=1)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_prompt_or_messages(self) -> PromptRecord:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class GenerationParams(BaseModel):
+    """How the teacher generates. Logprobs are always requested; `top_logprobs` is k."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(default=128, ge=1, le=32768)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    n: int = Field(default=1, ge=1, le=64, description="Samples per prompt.")
+    top_logprobs: int = Field(default=20, ge=0, description="k: candidates kept per position.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(min_length=1, max_length=64)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    prompts: list[PromptRecord] = Field(min_length=1)
+
+
+class JobCounts(BaseModel):
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    pending: int = Field(description="Neither done, failed nor cancelled yet.")
+
+
+class JobRead(BaseModel):
+    id: uuid.UUID
+    teacher: str
+    kind: str
+    status: JobStatus
+    params: GenerationParams
+    counts: JobCounts
+    tokens_generated: int
+    tokens_per_second: float = Field(description="Generated tokens per second over the last 30 seconds.")
+    teacher_info: dict[str, Any] = Field(description="The teacher's identity as its server reported it.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobRead]
+    next_cursor: str | None = None

@@ -1,0 +1,283 @@
+"""Jobs logic: validate and create prompt sets (JSON or streamed JSONL), read progress, cancel."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import ApiError, not_found
+from app.jobs import repository
+from app.jobs.schemas import GenerationParams, JobCounts, JobCreate, JobPage, JobRead, PromptRecord
+from app.models import Job
+from app.teachers.service import TeacherRegistry
+
+INSERT_CHUNK = 1000
+MAX_REPORTED_LINE_ERRORS = 100
+RATE_WINDOW_BUCKETS = 3
+LINEAGE_FIELDS = (
+    "served_model",
+    "model_root",
+    "max_model_len",
+    "max_logprobs",
+    "vllm_version",
+    "logprobs_mode",
+)
+
+
+class AsyncReadable(Protocol):
+    async def read(self, size: int = -1) -> bytes: ...
+    async def seek(self, offset: int) -> None: ...
+
+
+async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: GenerationParams) -> dict[str, Any]:
+    """Check the teacher exists and accepts k; return its identity to record on the job."""
+    if registry.configured(teacher) is None:
+        known = ", ".join(s.name for s in registry.states())
+        raise ApiError(422, f"unknown teacher {teacher!r}; configured: {known}", loc=["body", "teacher"])
+    state = registry.state(teacher)
+    if state is None or (state.max_logprobs is None and state.served_model is None):
+        await registry.refresh(teacher)
+        state = registry.state(teacher)
+    if state is None or state.served_model is None:
+        raise ApiError(
+            503,
+            f"teacher {teacher!r} has not answered yet, so its limits are unknown; try again shortly",
+            loc=["body", "teacher"],
+            type="teacher_unavailable",
+            headers={"Retry-After": "10"},
+        )
+    if state.max_logprobs is not None and params.top_logprobs > state.max_logprobs:
+        raise ApiError(
+            422,
+            f"top_logprobs {params.top_logprobs} exceeds teacher {teacher!r}'s max_logprobs {state.max_logprobs}",
+            loc=["body", "params", "top_logprobs"],
+        )
+    info = state.model_dump(include=set(LINEAGE_FIELDS), mode="json")
+    info["name"] = teacher
+    return info
+
+
+def _new_job(teacher: str, params: GenerationParams, info: dict[str, Any]) -> Job:
+    return Job(
+        id=uuid.uuid4(),
+        teacher=teacher,
+        kind="generate",
+        status="queued",
+        params=params.model_dump(mode="json"),
+        top_logprobs=params.top_logprobs,
+        num_samples=params.n,
+        teacher_info=info,
+        total_items=0,
+        done_items=0,
+        failed_items=0,
+        cancelled_items=0,
+        tokens_generated=0,
+    )
+
+
+def _item_row(job: Job, seq: int, record: PromptRecord) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "seq": seq,
+        "teacher": job.teacher,
+        "custom_id": record.custom_id,
+        "prompt": record.prompt,
+        "messages": [m.model_dump() for m in record.messages] if record.messages else None,
+        "meta": record.metadata,
+        "status": "queued",
+        "attempts": 0,
+    }
+
+
+async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterable[PromptRecord]) -> int:
+    """Insert items in chunks of INSERT_CHUNK rows, numbering them in order."""
+    rows: list[dict[str, Any]] = []
+    count = 0
+    async for record in records:
+        rows.append(_item_row(job, count, record))
+        count += 1
+        if len(rows) >= INSERT_CHUNK:
+            await repository.insert_items(session, rows)
+            rows = []
+    await repository.insert_items(session, rows)
+    return count
+
+
+async def create_job(session: AsyncSession, registry: TeacherRegistry, body: JobCreate) -> Job:
+    seen: dict[str, int] = {}
+    for index, record in enumerate(body.prompts):
+        if record.custom_id is not None:
+            if record.custom_id in seen:
+                raise ApiError(
+                    422,
+                    f"custom_id {record.custom_id!r} repeats prompts[{seen[record.custom_id]}]",
+                    loc=["body", "prompts", index, "custom_id"],
+                )
+            seen[record.custom_id] = index
+    info = await teacher_info_for(registry, body.teacher, body.params)
+    job = await repository.insert_job(session, _new_job(body.teacher, body.params, info))
+    job.total_items = await _insert_records(session, job, _aiter(body.prompts))
+    await session.flush()
+    return job
+
+
+async def iter_lines(upload: AsyncReadable, chunk_size: int = 1 << 20) -> AsyncIterator[tuple[int, bytes]]:
+    """(1-based line number, line) from an upload read in chunks; the file is never held whole."""
+    lineno = 0
+    pending = b""
+    while chunk := await upload.read(chunk_size):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            lineno += 1
+            yield lineno, line
+    if pending:
+        yield lineno + 1, pending
+
+
+def _parse_line(line: bytes) -> PromptRecord:
+    return PromptRecord.model_validate_json(line)
+
+
+def _line_error(lineno: int, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        msg = f"line {lineno}: {field + ': ' if field else ''}{first['msg']}"
+        return {"loc": ["body", "file", "line", lineno, *first["loc"]], "msg": msg, "type": first["type"]}
+    return {"loc": ["body", "file", "line", lineno], "msg": f"line {lineno}: {exc}", "type": "invalid"}
+
+
+async def create_job_from_upload(
+    session: AsyncSession,
+    registry: TeacherRegistry,
+    teacher: str,
+    params: GenerationParams,
+    upload: AsyncReadable,
+) -> Job:
+    """Validate every line first (nothing written), then insert in chunks on a second read."""
+    info = await teacher_info_for(registry, teacher, params)
+    errors: list[dict[str, Any]] = []
+    bad = 0
+    seen: dict[str, int] = {}
+    valid = 0
+    async for lineno, line in iter_lines(upload):
+        if not line.strip():
+            continue
+        try:
+            record = _parse_line(line)
+            if record.custom_id is not None:
+                if record.custom_id in seen:
+                    raise ValueError(f"custom_id {record.custom_id!r} repeats line {seen[record.custom_id]}")
+                seen[record.custom_id] = lineno
+            valid += 1
+        except (ValidationError, ValueError) as exc:
+            bad += 1
+            if len(errors) < MAX_REPORTED_LINE_ERRORS:
+                errors.append(_line_error(lineno, exc))
+    if bad:
+        if bad > len(errors):
+            errors.append({"loc": ["body", "file"], "msg": f"{bad} bad lines in all", "type": "invalid"})
+        raise ApiError(422, "invalid lines", details=errors)
+    if valid == 0:
+        raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
+    seen.clear()
+    await upload.seek(0)
+    job = await repository.insert_job(session, _new_job(teacher, params, info))
+
+    job.total_items = await _insert_records(session, job, _records_of(upload))
+    await session.flush()
+    return job
+
+
+async def _records_of(upload: AsyncReadable) -> AsyncIterator[PromptRecord]:
+    async for _, line in iter_lines(upload):
+        if line.strip():
+            yield _parse_line(line)
+
+
+async def _aiter(records: Iterable[PromptRecord]) -> AsyncIterator[PromptRecord]:
+    for record in records:
+        yield record
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
+    job = await repository.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", ["path", "job_id"])
+    return job
+
+
+async def cancel_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
+    job = await repository.get_job(session, job_id, for_update=True)
+    if job is None:
+        raise not_found("job", ["path", "job_id"])
+    if job.status in ("queued", "running"):
+        cancelled = await repository.cancel_queued_items(session, job_id)
+        await repository.mark_job_cancelled(session, job_id, cancelled)
+        await session.refresh(job)
+    return job
+
+
+def _bucket_now() -> int:
+    return int(time.time()) // repository.PROGRESS_BUCKET_S
+
+
+async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
+    """JobRead for each job, with tokens/s over the last RATE_WINDOW_BUCKETS full buckets."""
+    now_bucket = _bucket_now()
+    since = now_bucket - RATE_WINDOW_BUCKETS
+    live = [j.id for j in jobs if j.status == "running"]
+    recent = await repository.recent_tokens(session, live, since_bucket=since)
+    window_s = RATE_WINDOW_BUCKETS * repository.PROGRESS_BUCKET_S + time.time() % repository.PROGRESS_BUCKET_S
+    return [
+        JobRead(
+            id=j.id,
+            teacher=j.teacher,
+            kind=j.kind,
+            status=j.status,
+            params=GenerationParams.model_validate(j.params),
+            counts=JobCounts(
+                total=j.total_items,
+                done=j.done_items,
+                failed=j.failed_items,
+                cancelled=j.cancelled_items,
+                pending=j.total_items - j.done_items - j.failed_items - j.cancelled_items,
+            ),
+            tokens_generated=j.tokens_generated,
+            tokens_per_second=round(recent.get(j.id, 0) / window_s, 1) if window_s > 0 else 0.0,
+            teacher_info=j.teacher_info,
+            created_at=j.created_at,
+            started_at=j.started_at,
+            finished_at=j.finished_at,
+        )
+        for j in jobs
+    ]
+
+
+async def list_jobs(session: AsyncSession, *, limit: int, cursor: str | None) -> JobPage:
+    after = _decode_cursor(cursor) if cursor else None
+    jobs = await repository.list_jobs(session, limit=limit + 1, after=after)
+    next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return JobPage(jobs=await to_reads(session, jobs[:limit]), next_cursor=next_cursor)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = orjson.dumps([job.created_at.isoformat(), str(job.id)])
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, job_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from exc

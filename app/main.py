@@ -1,0 +1,58 @@
+"""The FastAPI application: routers, and a lifespan that migrates, probes teachers and runs the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.database import Database
+from app.health.api import router as health_router
+from app.jobs.api import router as jobs_router
+from app.records.api import router as records_router
+from app.settings import Settings, get_settings
+from app.teachers.api import router as teachers_router
+from app.teachers.service import TeacherRegistry
+from app.worker.service import Worker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings.resolved_database_url)
+        await database.upgrade_schema()
+        registry = TeacherRegistry(settings)
+        app.state.settings = settings
+        app.state.database = database
+        app.state.registry = registry
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(registry.run(stop), name="teacher-probe")]
+        if settings.embedded_worker:
+            tasks.append(asyncio.create_task(Worker(database, settings).run(stop), name="worker"))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await registry.aclose()
+            await database.dispose()
+
+    app = FastAPI(
+        title="Distillery",
+        version=__version__,
+        summary="Teacher top-k logprobs as knowledge-distillation datasets.",
+        lifespan=lifespan,
+    )
+    app.include_router(health_router)
+    app.include_router(teachers_router)
+    app.include_router(jobs_router)
+    app.include_router(records_router)
+    return app

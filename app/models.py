@@ -1,0 +1,139 @@
+"""SQLAlchemy tables. One row per job, per prompt item, and per stored completion (arrays packed as bytes)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    teacher: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="generate")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    top_logprobs: Mapped[int] = mapped_column(Integer)
+    num_samples: Mapped[int] = mapped_column(Integer)
+    teacher_info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    total_items: Mapped[int] = mapped_column(Integer, default=0)
+    done_items: Mapped[int] = mapped_column(Integer, default=0)
+    failed_items: Mapped[int] = mapped_column(Integer, default=0)
+    cancelled_items: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_generated: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+
+
+class Item(Base):
+    """One prompt record of a job; the unit that workers claim under a lease."""
+
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    teacher: Mapped[str] = mapped_column(String(64))
+    custom_id: Mapped[str | None] = mapped_column(String(256), default=None)
+    prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt_token_ids: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_items_job_seq"),
+        UniqueConstraint("job_id", "custom_id", name="uq_items_job_custom_id"),
+        Index("ix_items_claim", "teacher", "status", "id"),
+        Index("ix_items_lease", "status", "lease_expires_at"),
+    )
+
+
+class Result(Base):
+    """One completion (item, sample) with its token ids and top-k packed by a TopKCodec."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    sample_index: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    num_tokens: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    codec: Mapped[int] = mapped_column(Integer)
+    k: Mapped[int] = mapped_column(Integer)
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    token_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
+    topk_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    topk_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        UniqueConstraint("item_id", "sample_index", name="uq_results_item_sample"),
+        Index("ix_results_job_item", "job_id", "item_id", "sample_index"),
+    )
+
+
+class JobProgress(Base):
+    """Tokens stored per job per 10-second bucket, for the current tokens/s figure."""
+
+    __tablename__ = "job_progress"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,1 @@
+"""Records: the stored completions of a job, read page by page or exported as a stream."""

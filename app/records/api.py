@@ -1,0 +1,46 @@
+"""Routes of the records API: cursor-paged results, and streamed exports."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.dependencies import DatabaseDep, SessionDep, SettingsDep
+from app.jobs.service import get_job
+from app.records import service
+from app.records.schemas import ExportFormat, RecordPage
+
+router = APIRouter(prefix="/v1/jobs", tags=["records"])
+
+
+@router.get("/{job_id}/records", response_model=RecordPage)
+async def list_records(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> RecordPage:
+    job = await get_job(session, job_id)
+    return await service.record_page(session, job, cursor=cursor, limit=limit)
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/vnd.apache.parquet": {}, "application/x-ndjson": {}}}},
+)
+async def export_job(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    format: Annotated[ExportFormat, Query()] = ExportFormat.parquet,
+) -> StreamingResponse:
+    job = await get_job(session, job_id)
+    exporter = service.exporter_for(format, job)
+    return StreamingResponse(
+        service.stream_export(database, job.id, exporter, settings.export_chunk_rows),
+        media_type=exporter.media_type,
+        headers={"content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"'},
+    )

@@ -1,0 +1,120 @@
+"""Records logic: decode stored blobs into API records, and stream exports chunk by chunk."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.codecs.topk import PackedTopK, codec_for
+from app.database import Database
+from app.errors import ApiError
+from app.exporters.jsonl import JsonlExporter
+from app.exporters.parquet import ParquetExporter
+from app.exporters.rows import Exporter, ExportRow
+from app.models import Job
+from app.records import repository
+from app.records.schemas import ExportFormat, Record, RecordPage, Usage
+
+
+def export_row(job_id: uuid.UUID, row: Row[Any]) -> ExportRow:
+    decoder = codec_for(row.codec)
+    packed = PackedTopK(
+        row.codec, row.num_tokens, row.k, row.token_ids, row.token_logprobs, row.topk_ids, row.topk_logprobs
+    )
+    return ExportRow(
+        job_id=job_id,
+        item_id=row.item_id,
+        seq=row.seq,
+        custom_id=row.custom_id,
+        sample_index=row.sample_index,
+        prompt=row.prompt,
+        messages=row.messages,
+        metadata=row.metadata,
+        text=row.text,
+        finish_reason=row.finish_reason,
+        prompt_token_ids=None if row.prompt_token_ids is None else decoder.unpack_ids(row.prompt_token_ids),
+        arrays=decoder.decode(packed),
+    )
+
+
+def _finite(values: Any) -> list[Any]:
+    return [None if math.isinf(v) else v for v in values.astype("float32").tolist()]
+
+
+def to_record(row: ExportRow, prompt_tokens: int) -> Record:
+    a = row.arrays
+    return Record(
+        item_id=row.item_id,
+        seq=row.seq,
+        custom_id=row.custom_id,
+        sample_index=row.sample_index,
+        metadata=row.metadata,
+        text=row.text,
+        finish_reason=row.finish_reason,
+        token_ids=a.token_ids.tolist(),
+        token_logprobs=_finite(a.token_logprobs),
+        top_logprobs_ids=a.topk_ids.tolist(),
+        top_logprobs=[_finite(r) for r in a.topk_logprobs],
+        prompt_token_ids=None if row.prompt_token_ids is None else row.prompt_token_ids.tolist(),
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=a.num_tokens),
+    )
+
+
+def encode_cursor(item_id: int, sample_index: int) -> str:
+    return f"{item_id}.{sample_index}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        item_id, sample_index = cursor.split(".")
+        return int(item_id), int(sample_index)
+    except ValueError:
+        raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from None
+
+
+async def record_page(session: AsyncSession, job: Job, *, cursor: str | None, limit: int) -> RecordPage:
+    after = decode_cursor(cursor) if cursor else None
+    rows = await repository.result_page(session, job.id, after=after, limit=limit)
+    records = [to_record(export_row(job.id, r), r.prompt_tokens) for r in rows]
+    next_cursor = encode_cursor(records[-1].item_id, records[-1].sample_index) if len(records) == limit else None
+    return RecordPage(records=records, next_cursor=next_cursor)
+
+
+def exporter_for(fmt: ExportFormat, job: Job) -> Exporter:
+    lineage = {
+        "job_id": str(job.id),
+        "teacher": job.teacher_info,
+        "params": job.params,
+        "kind": job.kind,
+        "created_at": job.created_at.isoformat(),
+    }
+    if fmt is ExportFormat.parquet:
+        return ParquetExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage)
+    return JsonlExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage)
+
+
+async def stream_export(
+    database: Database, job_id: uuid.UUID, exporter: Exporter, chunk_rows: int
+) -> AsyncIterator[bytes]:
+    """Read the job's results in keyset chunks, each in its own short transaction, and encode as they come."""
+    after: tuple[int, int] | None = None
+    while True:
+        async with database.transaction() as session:
+            rows = await repository.result_page(session, job_id, after=after, limit=chunk_rows)
+        if not rows:
+            break
+        data = exporter.write([export_row(job_id, r) for r in rows])
+        if data:
+            yield data
+        last = rows[-1]
+        after = (last.item_id, last.sample_index)
+        if len(rows) < chunk_rows:
+            break
+    tail = exporter.close()
+    if tail:
+        yield tail

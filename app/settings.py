@@ -1,0 +1,56 @@
+"""All configuration in one place, read from DISTILLERY_* environment variables (or a .env file)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, HttpUrl
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TeacherConfig(BaseModel):
+    """One named OpenAI-compatible teacher endpoint (a vLLM server)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    base_url: HttpUrl
+    model: str = Field(description="The served model name the endpoint answers to.")
+    max_inflight: int = Field(default=4, ge=1, le=256, description="Requests kept in flight at once.")
+    batch_size: int = Field(default=64, ge=1, le=1024, description="Prompts per completions request.")
+    request_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Service settings; nested values (teachers) are given as JSON."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    teachers: list[TeacherConfig] = Field(
+        default_factory=lambda: [TeacherConfig(name="tiny", base_url=HttpUrl("http://127.0.0.1:8100"), model="tiny")]
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    embedded_worker: bool = True
+    worker_lease_s: float = Field(default=120.0, gt=0)
+    worker_poll_s: float = Field(default=0.5, gt=0)
+    worker_max_attempts: int = Field(default=5, ge=1)
+    teacher_probe_interval_s: float = Field(default=15.0, gt=0)
+
+    export_chunk_rows: int = Field(default=512, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured URL, or a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'distillery.db').resolve()}"
+
+    def teacher(self, name: str) -> TeacherConfig | None:
+        return next((t for t in self.teachers if t.name == name), None)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Teachers: named OpenAI-compatible endpoints, their client, health and response parsing."""

@@ -1,0 +1,182 @@
+"""All SQL of the worker: claim under a lease, renew, release, and the guarded final writes."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Item, Job, JobProgress, Result
+from app.worker.schemas import ClaimedItem, JobSpec
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
+    """Put items whose lease ran out (their worker died or stalled) back in the queue."""
+    result = await session.execute(
+        update(Item)
+        .where(Item.status == "leased", Item.lease_expires_at < now)
+        .values(status="queued", lease_owner=None, lease_expires_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def claim_items(
+    session: AsyncSession, *, teacher: str, owner: str, limit: int, lease_until: datetime, now: datetime
+) -> list[ClaimedItem]:
+    """Lease up to `limit` queued items of this teacher, oldest first (FOR UPDATE SKIP LOCKED on Postgres)."""
+    ids = list(
+        (
+            await session.execute(
+                select(Item.id)
+                .where(Item.teacher == teacher, Item.status == "queued")
+                .order_by(Item.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )
+    if not ids:
+        return []
+    rows = await session.execute(
+        update(Item)
+        .where(Item.id.in_(ids), Item.status == "queued")
+        .values(status="leased", lease_owner=owner, lease_expires_at=lease_until, attempts=Item.attempts + 1)
+        .returning(Item.id, Item.job_id, Item.prompt, Item.messages, Item.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = [ClaimedItem(*row) for row in rows.all()]
+    job_ids = {c.job_id for c in claimed}
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == "queued")
+        .values(status="running", started_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    claimed.sort(key=lambda c: c.id)
+    return claimed
+
+
+async def job_specs(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, JobSpec]:
+    rows = await session.execute(
+        select(Job.id, Job.params, Job.top_logprobs, Job.num_samples, Job.teacher_info).where(Job.id.in_(list(job_ids)))
+    )
+    return {
+        job_id: JobSpec(id=job_id, params=params, k=k, n=n, max_logprobs=(info or {}).get("max_logprobs"))
+        for job_id, params, k, n, info in rows.all()
+    }
+
+
+async def renew_leases(session: AsyncSession, *, owner: str, item_ids: Sequence[int], lease_until: datetime) -> int:
+    if not item_ids:
+        return 0
+    result = await session.execute(
+        update(Item)
+        .where(Item.id.in_(item_ids), Item.lease_owner == owner, Item.status == "leased")
+        .values(lease_expires_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def owned_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int]) -> set[int]:
+    """The items this worker still holds the lease on, locked until the transaction ends."""
+    if not item_ids:
+        return set()
+    rows = await session.execute(
+        select(Item.id)
+        .where(Item.id.in_(item_ids), Item.lease_owner == owner, Item.status == "leased")
+        .with_for_update()
+    )
+    return set(rows.scalars())
+
+
+async def insert_results(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """One multi-row insert; a (item, sample) already stored is left as it is."""
+    if not rows:
+        return
+    insert = _insert_for(session)
+    stmt = insert(Result).on_conflict_do_nothing(index_elements=["item_id", "sample_index"])
+    await session.execute(stmt, list(rows))
+
+
+async def finish_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk update by primary key: each row sets status (done/failed), error and prompt token ids."""
+    if rows:
+        await session.execute(update(Item).execution_options(synchronize_session=False), list(rows))
+
+
+async def release_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int]) -> int:
+    """Give leased items back to the queue (a transient failure, or a shutdown)."""
+    if not item_ids:
+        return 0
+    result = await session.execute(
+        update(Item)
+        .where(Item.id.in_(item_ids), Item.lease_owner == owner, Item.status == "leased")
+        .values(status="queued", lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def add_job_progress(
+    session: AsyncSession,
+    *,
+    done: dict[uuid.UUID, int],
+    failed: dict[uuid.UUID, int],
+    tokens: dict[uuid.UUID, int],
+    bucket: int,
+    now: datetime,
+) -> None:
+    """Add to the jobs' counters and rate buckets, then complete the jobs that have nothing pending."""
+    job_ids = sorted(set(done) | set(failed))
+    for job_id in job_ids:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                done_items=Job.done_items + done.get(job_id, 0),
+                failed_items=Job.failed_items + failed.get(job_id, 0),
+                tokens_generated=Job.tokens_generated + tokens.get(job_id, 0),
+            )
+        )
+    progress = [{"job_id": j, "bucket": bucket, "tokens": t} for j, t in tokens.items() if t]
+    if progress:
+        insert = _insert_for(session)
+        stmt = insert(JobProgress)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["job_id", "bucket"], set_={"tokens": JobProgress.tokens + stmt.excluded.tokens}
+        )
+        for row in progress:
+            await session.execute(stmt, row)
+    if job_ids:
+        await session.execute(
+            update(Job)
+            .where(
+                Job.id.in_(job_ids),
+                Job.status == "running",
+                Job.done_items + Job.failed_items + Job.cancelled_items >= Job.total_items,
+            )
+            .values(
+                status=case((Job.done_items == 0, "failed"), else_="completed"),
+                finished_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def count_by_job(pairs: Iterable[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, int]:
+    totals: dict[uuid.UUID, int] = defaultdict(int)
+    for job_id, value in pairs:
+        totals[job_id] += value
+    return dict(totals)

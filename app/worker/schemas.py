@@ -1,0 +1,44 @@
+"""What the worker passes between claiming, dispatching and storing."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.teachers.parsing import ParsedCompletion
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    id: int
+    job_id: uuid.UUID
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """The parts of a job the worker needs to build teacher requests."""
+
+    id: uuid.UUID
+    params: dict[str, Any]
+    k: int
+    n: int
+    max_logprobs: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    items: list[ClaimedItem]
+    jobs: dict[uuid.UUID, JobSpec]
+
+
+@dataclass(slots=True)
+class ItemOutcome:
+    """Everything one item produced: its n samples, or the error that ends it."""
+
+    item: ClaimedItem
+    completions: list[ParsedCompletion] = field(default_factory=list)
+    error: str | None = None

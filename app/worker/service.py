@@ -1,0 +1,364 @@
+"""The worker: per teacher, keeps `max_inflight` claimed batches in flight and stores each result.
+
+Each claimed batch is one unit of work: claim (one transaction), teacher requests, then one transaction
+that stores the results and marks the items done, guarded by the lease so a stale worker writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from app.codecs.topk import DEFAULT_CODEC
+from app.database import Database
+from app.jobs.repository import PROGRESS_BUCKET_S
+from app.models import utcnow
+from app.settings import Settings, TeacherConfig
+from app.teachers.client import TeacherClient, TeacherError
+from app.teachers.parsing import TeacherResponseError, parse_chat, parse_completions
+from app.worker import repository
+from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def completions_body(model: str, spec: JobSpec, prompts: Sequence[str]) -> dict[str, Any]:
+    """A /v1/completions request for a list of prompts, asking for k logprobs keyed by token id."""
+    return {
+        "model": model,
+        "prompt": list(prompts),
+        **_sampling(spec),
+        "logprobs": spec.k,
+        "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
+    }
+
+
+def chat_top_logprobs(spec: JobSpec) -> int:
+    """Chat drops the k-th best when the sampled token is outside the top-k, so ask for k+1 when allowed."""
+    if spec.k == 0:
+        return 0
+    if spec.max_logprobs is None or spec.k + 1 <= spec.max_logprobs:
+        return spec.k + 1
+    return spec.k
+
+
+def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": messages,
+        **_sampling(spec),
+        "logprobs": True,
+        "top_logprobs": chat_top_logprobs(spec),
+        "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
+    }
+
+
+def _sampling(spec: JobSpec) -> dict[str, Any]:
+    p = spec.params
+    body: dict[str, Any] = {
+        "max_tokens": p["max_tokens"],
+        "temperature": p["temperature"],
+        "top_p": p["top_p"],
+        "n": spec.n,
+    }
+    if p.get("stop"):
+        body["stop"] = p["stop"]
+    if p.get("seed") is not None:
+        body["seed"] = p["seed"]
+    return body
+
+
+class TeacherDispatcher:
+    """Claims batches for one teacher and keeps up to max_inflight of them in flight."""
+
+    def __init__(self, worker: Worker, config: TeacherConfig) -> None:
+        self.worker = worker
+        self.config = config
+        self.client = TeacherClient(config)
+        self._slots = asyncio.Semaphore(config.max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff_until = 0.0
+        self._failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.worker.settings
+        try:
+            while not stop.is_set():
+                await self._slots.acquire()
+                if stop.is_set():
+                    self._slots.release()
+                    break
+                delay = self._backoff_until - time.monotonic()
+                if delay > 0:
+                    self._slots.release()
+                    await _sleep_or_stop(stop, delay)
+                    continue
+                try:
+                    claim = await self.worker.claim(self.config.name, self.config.batch_size)
+                except Exception:
+                    self._slots.release()
+                    log.exception("claim failed; retrying")
+                    await _sleep_or_stop(stop, settings.worker_poll_s * 4)
+                    continue
+                if not claim.items:
+                    self._slots.release()
+                    await _sleep_or_stop(stop, settings.worker_poll_s)
+                    continue
+                task = asyncio.create_task(self._process(claim))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.client.aclose()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batch failed", exc_info=task.exception())
+
+    async def _process(self, claim: Claim) -> None:
+        ids = [item.id for item in claim.items]
+        self.worker.inflight.update(ids)
+        try:
+            by_job: dict[uuid.UUID, list[ClaimedItem]] = defaultdict(list)
+            for item in claim.items:
+                by_job[item.job_id].append(item)
+            units = []
+            for job_id, items in by_job.items():
+                spec = claim.jobs[job_id]
+                raw = [i for i in items if i.prompt is not None]
+                chat = [i for i in items if i.messages is not None]
+                if raw:
+                    units.append(self._run_completions(spec, raw))
+                units.extend(self._run_chat(spec, item) for item in chat)
+            outcomes = await asyncio.gather(*units, return_exceptions=True)
+            stored: list[ItemOutcome] = []
+            retry: list[ClaimedItem] = []
+            for unit in outcomes:
+                if isinstance(unit, BaseException):
+                    log.error("teacher unit crashed", exc_info=unit)
+                    continue
+                stored.extend(o for o in unit if o.completions or o.error)
+                retry.extend(o.item for o in unit if not o.completions and not o.error)
+            await self.worker.store(stored)
+            if retry:
+                await self.worker.retry_later(retry)
+        finally:
+            self.worker.inflight.difference_update(ids)
+
+    async def _run_completions(self, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
+        """One request for the whole list; a 400 splits it in halves to find the prompt at fault."""
+        body = completions_body(self.config.model, spec, [i.prompt or "" for i in items])
+        try:
+            raw = await self.client.completions(body)
+            parsed = parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k)
+        except TeacherError as exc:
+            if exc.transient:
+                self._note_failure(exc)
+                return [ItemOutcome(item) for item in items]
+            if len(items) > 1:
+                mid = len(items) // 2
+                halves = await asyncio.gather(
+                    self._run_completions(spec, items[:mid]), self._run_completions(spec, items[mid:])
+                )
+                return halves[0] + halves[1]
+            return [ItemOutcome(items[0], error=exc.message)]
+        except TeacherResponseError as exc:
+            self._note_failure(exc)
+            return [ItemOutcome(item) for item in items]
+        self._note_success()
+        outcomes = [ItemOutcome(item) for item in items]
+        for completion in parsed:
+            outcomes[completion.prompt_index].completions.append(completion)
+        return outcomes
+
+    async def _run_chat(self, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
+        body = chat_body(self.config.model, spec, item.messages or [])
+        try:
+            raw = await self.client.chat_completions(body)
+            parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))
+        except TeacherError as exc:
+            if exc.transient:
+                self._note_failure(exc)
+                return [ItemOutcome(item)]
+            return [ItemOutcome(item, error=exc.message)]
+        except TeacherResponseError as exc:
+            self._note_failure(exc)
+            return [ItemOutcome(item)]
+        self._note_success()
+        return [ItemOutcome(item, completions=parsed)]
+
+    def _note_failure(self, exc: Exception) -> None:
+        self._failures += 1
+        delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(self._failures, 8)) * (0.5 + random.random())
+        self._backoff_until = time.monotonic() + delay
+        log.warning("teacher %s: %s; backing off %.1fs", self.config.name, exc, delay)
+
+    def _note_success(self) -> None:
+        self._failures = 0
+
+
+class Worker:
+    """Runs a dispatcher per teacher, a lease renewer and a reaper of expired leases."""
+
+    def __init__(self, database: Database, settings: Settings, *, worker_id: str | None = None) -> None:
+        self.database = database
+        self.settings = settings
+        self.id = worker_id or new_worker_id()
+        self.inflight: set[int] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        dispatchers = [TeacherDispatcher(self, t) for t in self.settings.teachers]
+        log.info("worker %s started for teachers %s", self.id, [t.name for t in self.settings.teachers])
+        await asyncio.gather(
+            *(d.run(stop) for d in dispatchers),
+            self._every(stop, self.settings.worker_lease_s / 3, self.renew_leases),
+            self._every(stop, min(self.settings.worker_lease_s / 2, 30.0), self.reap),
+        )
+
+    async def _every(self, stop: asyncio.Event, interval: float, action: Any) -> None:
+        while not stop.is_set():
+            try:
+                await action()
+            except Exception:
+                log.exception("%s failed", getattr(action, "__name__", action))
+            await _sleep_or_stop(stop, interval)
+
+    def _lease_until(self) -> Any:
+        return utcnow() + timedelta(seconds=self.settings.worker_lease_s)
+
+    async def claim(self, teacher: str, limit: int) -> Claim:
+        async with self.database.transaction() as session:
+            items = await repository.claim_items(
+                session,
+                teacher=teacher,
+                owner=self.id,
+                limit=limit,
+                lease_until=self._lease_until(),
+                now=utcnow(),
+            )
+            jobs = await repository.job_specs(session, {i.job_id for i in items}) if items else {}
+        return Claim(items=items, jobs=jobs)
+
+    async def renew_leases(self) -> None:
+        ids = sorted(self.inflight)
+        if ids:
+            async with self.database.transaction() as session:
+                await repository.renew_leases(session, owner=self.id, item_ids=ids, lease_until=self._lease_until())
+
+    async def reap(self) -> None:
+        async with self.database.transaction() as session:
+            reaped = await repository.reap_expired_leases(session, utcnow())
+        if reaped:
+            log.info("re-queued %d items whose lease expired", reaped)
+
+    async def store(self, outcomes: list[ItemOutcome]) -> None:
+        """One transaction: results in, items done or failed, job counters, all only for items we still own."""
+        if not outcomes:
+            return
+        codec = DEFAULT_CODEC
+        now = utcnow()
+        async with self.database.transaction() as session:
+            owned = await repository.owned_items(session, owner=self.id, item_ids=[o.item.id for o in outcomes])
+            results: list[dict[str, Any]] = []
+            finished: list[dict[str, Any]] = []
+            done: dict[uuid.UUID, int] = defaultdict(int)
+            failed: dict[uuid.UUID, int] = defaultdict(int)
+            tokens: dict[uuid.UUID, int] = defaultdict(int)
+            for outcome in outcomes:
+                item = outcome.item
+                if item.id not in owned:
+                    continue
+                if outcome.error is not None:
+                    finished.append(_finished_row(item.id, "failed", error=outcome.error[:4000]))
+                    failed[item.job_id] += 1
+                    continue
+                prompt_ids = outcome.completions[0].prompt_token_ids if outcome.completions else None
+                finished.append(_finished_row(item.id, "done", prompt_token_ids=prompt_ids))
+                done[item.job_id] += 1
+                for completion in outcome.completions:
+                    packed = codec.encode(completion.arrays)
+                    tokens[item.job_id] += packed.num_tokens
+                    results.append(
+                        {
+                            "job_id": item.job_id,
+                            "item_id": item.id,
+                            "sample_index": completion.sample_index,
+                            "text": completion.text,
+                            "finish_reason": completion.finish_reason,
+                            "num_tokens": packed.num_tokens,
+                            "prompt_tokens": len(completion.prompt_token_ids or ()),
+                            "codec": packed.codec,
+                            "k": packed.k,
+                            "token_ids": packed.token_ids,
+                            "token_logprobs": packed.token_logprobs,
+                            "topk_ids": packed.topk_ids,
+                            "topk_logprobs": packed.topk_logprobs,
+                        }
+                    )
+            await repository.insert_results(session, results)
+            await repository.finish_items(session, finished)
+            await repository.add_job_progress(
+                session,
+                done=done,
+                failed=failed,
+                tokens=tokens,
+                bucket=int(time.time()) // PROGRESS_BUCKET_S,
+                now=now,
+            )
+        stale = len(outcomes) - len(owned)
+        if stale:
+            log.warning("dropped %d results whose lease this worker no longer holds", stale)
+
+    async def retry_later(self, items: list[ClaimedItem]) -> None:
+        """Items that hit a transient failure: back to the queue, or failed once out of attempts."""
+        exhausted = [i for i in items if i.attempts >= self.settings.worker_max_attempts]
+        again = [i.id for i in items if i.attempts < self.settings.worker_max_attempts]
+        if exhausted:
+            await self.store(
+                [ItemOutcome(i, error=f"gave up after {i.attempts} attempts (teacher errors)") for i in exhausted]
+            )
+        if again:
+            async with self.database.transaction() as session:
+                await repository.release_items(session, owner=self.id, item_ids=again)
+
+
+def _finished_row(
+    item_id: int, status: str, *, error: str | None = None, prompt_token_ids: list[int] | None = None
+) -> dict[str, Any]:
+    packed = None
+    if prompt_token_ids is not None:
+        packed = DEFAULT_CODEC.pack_ids(prompt_token_ids)
+    return {
+        "id": item_id,
+        "status": status,
+        "error": error,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "prompt_token_ids": packed,
+    }
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.0))
