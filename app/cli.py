@@ -30,6 +30,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()

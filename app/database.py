@@ -30,14 +30,21 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # SQLite: writers take the lock up front (BEGIN IMMEDIATE) and queue on it; readers get their
+        # own engine with plain deferred transactions, which WAL never blocks.
+        self.read_engine: AsyncEngine = self.engine
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, immediate=True)
+            self.read_engine = create_async_engine(url, **kwargs)
+            _configure_sqlite(self.read_engine, immediate=False)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self.read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessions() as session, session.begin():
+        factory = self.read_sessions if readonly else self.sessions
+        async with factory() as session, session.begin():
             yield session
 
     async def upgrade_schema(self) -> None:
@@ -47,6 +54,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
 def alembic_config(url: str) -> Config:
@@ -62,7 +71,7 @@ def _upgrade(connection: Connection, url: str) -> None:
     command.upgrade(config, "head")
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
     """WAL for concurrent readers; BEGIN IMMEDIATE so writers queue on the lock instead of failing."""
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -77,4 +86,4 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

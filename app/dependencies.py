@@ -26,9 +26,12 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_session(database: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the handler returns, rolled back when it raises."""
-    async with database.transaction() as session:
+async def get_session(
+    request: Request, database: Annotated[Database, Depends(get_database)]
+) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, rolled back when it raises.
+    GET requests only read, so on SQLite they do not queue behind writers."""
+    async with database.transaction(readonly=request.method in ("GET", "HEAD")) as session:
         yield session
 
 

@@ -3,10 +3,10 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, Form, Query, UploadFile, status
+from pydantic import Field
 
 from app.dependencies import RegistryDep, SessionDep, SettingsDep
-from app.errors import ApiError
 from app.jobs import service
 from app.jobs.schemas import GenerationParams, JobCreate, JobPage, JobRead
 
@@ -14,9 +14,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 class JobUploadForm(GenerationParams):
-    """The upload's form fields: the teacher and the generation params, flat."""
+    """The upload's multipart form: the JSONL file, the teacher and the generation params, flat."""
 
-    teacher: str
+    teacher: str = Field(min_length=1, max_length=64)
+    file: UploadFile = Field(description="JSONL, one prompt record per line.")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
@@ -28,12 +29,11 @@ async def create_job(body: JobCreate, session: SessionDep, registry: RegistryDep
 @router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=JobRead)
 async def upload_job(
     form: Annotated[JobUploadForm, Form()],
-    file: Annotated[UploadFile, File(description="JSONL, one prompt record per line.")],
     session: SessionDep,
     registry: RegistryDep,
 ) -> JobRead:
-    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher"}))
-    job = await service.create_job_from_upload(session, registry, form.teacher, params, file)
+    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "file"}))
+    job = await service.create_job_from_upload(session, registry, form.teacher, params, form.file)
     return (await service.to_reads(session, [job]))[0]
 
 
@@ -57,6 +57,3 @@ async def get_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
 async def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     job = await service.cancel_job(session, job_id)
     return (await service.to_reads(session, [job]))[0]
-
-
-__all__ = ["ApiError", "router"]

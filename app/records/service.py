@@ -104,7 +104,7 @@ async def stream_export(
     """Read the job's results in keyset chunks, each in its own short transaction, and encode as they come."""
     after: tuple[int, int] | None = None
     while True:
-        async with database.transaction() as session:
+        async with database.transaction(readonly=True) as session:
             rows = await repository.result_page(session, job_id, after=after, limit=chunk_rows)
         if not rows:
             break

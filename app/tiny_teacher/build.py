@@ -1,0 +1,434 @@
+"""Builds the tiny teacher: a byte-level BPE tokenizer and a small Llama trained briefly on stdlib code.
+
+The result is a HuggingFace model folder that vLLM loads offline; the build is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from app.tiny_teacher.corpus import DEFAULT_MAX_BYTES, collect_corpus, corpus_digest
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = 1
+"""Bump when anything changes what a build produces; it names the cache folder."""
+
+DEFAULT_TRAIN_STEPS = 200
+"""About 80 s of training on 2 CPU cores; enough that the top-k logprobs are clearly separated."""
+
+BOS_TOKEN = "<|bos|>"
+EOS_TOKEN = "<|eos|>"
+PAD_TOKEN = "<|pad|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS)
+"""Special tokens take the first ids in this order: pad=0, bos=1, eos=2, then the chat roles."""
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unsupported role: ' + message['role']) }}"
+    "{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""One turn per message: role token, newline, content, eos; the generation prompt opens an assistant turn."""
+
+ProgressCallback = Callable[[int, int, float], None]
+"""Called as (step, total_steps, loss) while training."""
+
+
+@dataclass(frozen=True)
+class TinyTeacherSpec:
+    """Tokenizer, model and training hyperparameters of a build."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+    seq_len: int = 128
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    corpus_max_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build recorded in distillery_build.json."""
+
+    builder_version: int
+    seed: int
+    train_steps: int
+    num_threads: int
+    final_loss: float
+    initial_loss: float
+    corpus_sha256: str
+    corpus_documents: int
+    train_tokens: int
+    parameters: int
+    torch_version: str
+    tokenizers_version: str
+    transformers_version: str
+    python_version: str
+    spec: dict[str, Any]
+
+
+def _train_tokenizer(docs: list[str], vocab_size: int) -> Any:
+    """Trains a byte-level BPE with the special tokens first; adds bos to single sequences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    bos_id = tokenizer.token_to_id(BOS_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, bos_id)],
+    )
+    return tokenizer
+
+
+def _token_stream(tokenizer: Any, docs: list[str]) -> Any:
+    """All documents as one int64 tensor of ids, each wrapped as bos + text + eos."""
+    import torch
+
+    bos = tokenizer.token_to_id(BOS_TOKEN)
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    ids: list[int] = []
+    for enc in tokenizer.encode_batch(docs, add_special_tokens=False):
+        ids.append(bos)
+        ids.extend(enc.ids)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _llama_config(spec: TinyTeacherSpec, tokenizer: Any) -> Any:
+    """The LlamaConfig of the tiny teacher, with the tokenizer's special ids."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        hidden_act="silu",
+        tie_word_embeddings=spec.tie_word_embeddings,
+        bos_token_id=tokenizer.token_to_id(BOS_TOKEN),
+        eos_token_id=tokenizer.token_to_id(EOS_TOKEN),
+        pad_token_id=tokenizer.token_to_id(PAD_TOKEN),
+        attention_bias=False,
+        mlp_bias=False,
+        initializer_range=0.02,
+    )
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int) -> Iterator[None]:
+    """Pins torch's intra-op thread count (results depend on it) and restores it afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    model: Any,
+    stream: Any,
+    spec: TinyTeacherSpec,
+    *,
+    seed: int,
+    train_steps: int,
+    progress: ProgressCallback | None,
+    log_every: int,
+) -> tuple[float, float]:
+    """Trains on random windows of the token stream (fixed generator order); returns (first, final) loss."""
+    import math
+
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=spec.learning_rate,
+        betas=(0.9, 0.95),
+        foreach=False,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < spec.warmup_steps:
+            return spec.learning_rate * (step + 1) / spec.warmup_steps
+        span = max(1, train_steps - spec.warmup_steps)
+        frac = (step - spec.warmup_steps) / span
+        return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    max_start = stream.numel() - spec.seq_len - 1
+    model.train()
+    first_loss = float("nan")
+    recent: list[float] = []
+    for step in range(train_steps):
+        starts = torch.randint(0, max_start, (spec.batch_size,), generator=generator)
+        batch = torch.stack([stream[s : s + spec.seq_len] for s in starts.tolist()])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        out = model(input_ids=batch, labels=batch)
+        loss = out.loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        value = float(loss.detach())
+        if step == 0:
+            first_loss = value
+        recent = [*recent[-9:], value]
+        if progress is not None:
+            progress(step + 1, train_steps, value)
+        if (step + 1) % log_every == 0 or step + 1 == train_steps:
+            log.info("tiny teacher step %d/%d loss %.4f", step + 1, train_steps, value)
+    model.eval()
+    final = sum(recent) / len(recent) if recent else float("nan")
+    return first_loss, final
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Writes stable, sorted, indented JSON (byte-identical for equal data)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save_tokenizer_files(folder: Path, tokenizer: Any, max_len: int) -> None:
+    """Writes tokenizer.json, tokenizer_config.json (with chat template) and special_tokens_map.json."""
+    tokenizer.save(str(folder / "tokenizer.json"), pretty=True)
+    added = {
+        str(tokenizer.token_to_id(tok)): {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for tok in SPECIAL_TOKENS
+    }
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": added,
+            "additional_special_tokens": list(ROLE_TOKENS),
+            "bos_token": BOS_TOKEN,
+            "eos_token": EOS_TOKEN,
+            "pad_token": PAD_TOKEN,
+            "model_max_length": max_len,
+            "clean_up_tokenization_spaces": False,
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
+    _write_json(
+        folder / "special_tokens_map.json",
+        {
+            "bos_token": BOS_TOKEN,
+            "eos_token": EOS_TOKEN,
+            "pad_token": PAD_TOKEN,
+            "additional_special_tokens": list(ROLE_TOKENS),
+        },
+    )
+
+
+def _save_model_files(folder: Path, model: Any, config: Any) -> None:
+    """Writes config.json, generation_config.json and model.safetensors (tied lm_head left out)."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["model_type"] = "llama"
+    cfg["torch_dtype"] = "float32"
+    cfg["dtype"] = "float32"
+    _write_json(folder / "config.json", cfg)
+    # Token ids only: vLLM would take sampling fields here as request defaults.
+    _write_json(
+        folder / "generation_config.json",
+        {
+            "bos_token_id": config.bos_token_id,
+            "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id,
+        },
+    )
+    state = {
+        name: tensor.detach().to(torch.float32).contiguous().clone()
+        for name, tensor in model.state_dict().items()
+        if not (config.tie_word_embeddings and name == "lm_head.weight")
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def build_tiny_teacher(
+    output_dir: Path,
+    *,
+    seed: int = 0,
+    train_steps: int = DEFAULT_TRAIN_STEPS,
+    num_threads: int = 2,
+    spec: TinyTeacherSpec | None = None,
+    progress: ProgressCallback | None = None,
+    log_every: int = 10,
+    overwrite: bool = False,
+) -> Path:
+    """Trains the tokenizer and the model and saves a vLLM-loadable folder at output_dir, atomically.
+
+    Same seed, steps, thread count and machine give byte-identical model.safetensors and tokenizer.json.
+    """
+    import tokenizers
+    import torch
+    import transformers
+    from transformers import LlamaForCausalLM
+
+    spec = spec or TinyTeacherSpec()
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    docs = collect_corpus(spec.corpus_max_bytes)
+    tokenizer = _train_tokenizer(docs, spec.vocab_size)
+    stream = _token_stream(tokenizer, docs)
+    log.info(
+        "tiny teacher: %d documents, %d tokens, vocab %d, tokenizer in %.1f s",
+        len(docs),
+        stream.numel(),
+        tokenizer.get_vocab_size(),
+        time.monotonic() - started,
+    )
+
+    config = _llama_config(spec, tokenizer)
+    with _torch_threads(num_threads):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+        parameters = sum(p.numel() for p in model.parameters())
+        first_loss, final_loss = _train(
+            model,
+            stream,
+            spec,
+            seed=seed,
+            train_steps=train_steps,
+            progress=progress,
+            log_every=log_every,
+        )
+
+    result = BuildResult(
+        builder_version=BUILDER_VERSION,
+        seed=seed,
+        train_steps=train_steps,
+        num_threads=num_threads,
+        final_loss=round(final_loss, 6),
+        initial_loss=round(first_loss, 6),
+        corpus_sha256=corpus_digest(docs),
+        corpus_documents=len(docs),
+        train_tokens=train_steps * spec.batch_size * spec.seq_len,
+        parameters=parameters,
+        torch_version=torch.__version__,
+        tokenizers_version=tokenizers.__version__,
+        transformers_version=transformers.__version__,
+        python_version=platform.python_version(),
+        spec=asdict(spec),
+    )
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        tmp.chmod(0o755)
+        _save_tokenizer_files(tmp, tokenizer, spec.max_position_embeddings)
+        _save_model_files(tmp, model, config)
+        # Written last: its presence marks a complete folder.
+        _write_json(tmp / "distillery_build.json", asdict(result))
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        if output_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.rename(output_dir, trash / "old")
+            os.rename(tmp, output_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "tiny teacher built in %.1f s: %d params, loss %.3f -> %.3f, at %s",
+        time.monotonic() - started,
+        parameters,
+        first_loss,
+        final_loss,
+        output_dir,
+    )
+    return output_dir
+
+
+def tiny_teacher_dir(cache_dir: Path, seed: int = 0) -> Path:
+    """Where ensure_tiny_teacher keeps the build for this builder version and seed."""
+    return Path(cache_dir) / f"tiny-v{BUILDER_VERSION}-seed{seed}"
+
+
+def is_complete(model_dir: Path) -> bool:
+    """True when the folder holds a finished build (its build record is written last)."""
+    return (Path(model_dir) / "distillery_build.json").is_file()
+
+
+def ensure_tiny_teacher(cache_dir: Path, seed: int = 0, *, progress: ProgressCallback | None = None) -> Path:
+    """Returns cache_dir/tiny-v<BUILDER_VERSION>-seed<seed>, building it first if missing (one builder at a time)."""
+    target = tiny_teacher_dir(cache_dir, seed)
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if is_complete(target):
+                return target
+            build_tiny_teacher(target, seed=seed, progress=progress, overwrite=target.exists())
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return target
