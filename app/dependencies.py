@@ -30,12 +30,13 @@ async def get_session(
     request: Request, database: Annotated[Database, Depends(get_database)]
 ) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back when it raises.
-    GET requests only read, so on SQLite they do not queue behind writers."""
+    GET requests only read, so on SQLite they do not queue behind writers. Used with scope="function",
+    so the commit happens before the response is sent: a client never sees a 201 for uncommitted data."""
     async with database.transaction(readonly=request.method in ("GET", "HEAD")) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[TeacherRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

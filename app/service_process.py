@@ -1,0 +1,89 @@
+"""ServiceProcess: `distillery serve` as a subprocess with its own settings, for the demo and the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any, Self
+
+import httpx
+
+from app.tiny_teacher.serve import free_port
+
+
+class ServiceProcess:
+    """Starts the service on a free port with the given DISTILLERY_* settings and waits until it is ready."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        teachers: list[dict[str, Any]],
+        database_url: str = "",
+        log_path: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        embedded_worker: bool = True,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path or data_dir / "service.log"
+        self.env = dict(os.environ)
+        self.env.update(
+            DISTILLERY_DATA_DIR=str(data_dir),
+            DISTILLERY_DATABASE_URL=database_url,
+            DISTILLERY_TEACHERS=json.dumps(teachers),
+            **(extra_env or {}),
+        )
+        self.command = [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
+        if not embedded_worker:
+            self.command.append("--no-worker")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120.0, *, teachers_healthy: bool = True) -> None:
+        """Until /readyz answers 200 and, if asked, every teacher has been probed healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    if not teachers_healthy:
+                        return
+                    teachers = httpx.get(f"{self.url}/v1/teachers", timeout=5).json()["teachers"]
+                    if all(t["healthy"] for t in teachers):
+                        return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"service at {self.url} not ready within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,102 @@
+"""Session fixtures: the real vLLM teacher (tiny model), a fresh Postgres database, and the service on each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from app.service_process import ServiceProcess
+from app.tiny_teacher import default_cache_dir
+from app.tiny_teacher.build import ensure_tiny_teacher
+from app.tiny_teacher.serve import VllmServer
+
+POSTGRES_ADMIN_DSN = os.environ.get("DISTILLERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    base_url: str
+    model: str = "tiny"
+    max_logprobs: int = 20
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    database_url: str
+    backend: str
+    process: ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir() -> Path:
+    return ensure_tiny_teacher(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def teacher(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Teacher]:
+    """One real vLLM server (float32, max_logprobs 20) for the whole test session."""
+    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VllmServer(tiny_teacher_dir, log_path=log_path, served_model_name="tiny", dtype="float32") as server:
+        server.wait_ready(timeout=300)
+        yield Teacher(base_url=server.base_url)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards. Under CI=true, no Postgres fails the run."""
+    name = f"distillery_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if IN_CI:
+            pytest.fail(f"Postgres at {POSTGRES_ADMIN_DSN} is required under CI: {exc}")
+        pytest.skip(f"Postgres unavailable: {exc}")
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def teacher_settings(teacher: Teacher, **overrides: object) -> list[dict[str, object]]:
+    return [{"name": "tiny", "base_url": teacher.base_url, "model": teacher.model, **overrides}]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def service(
+    request: pytest.FixtureRequest, teacher: Teacher, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """The service with its embedded worker, once on SQLite and once on Postgres."""
+    backend = request.param
+    data_dir = tmp_path_factory.mktemp(f"service-{backend}")
+    database_url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    process = ServiceProcess(
+        data_dir=data_dir,
+        teachers=teacher_settings(teacher, batch_size=32, max_inflight=4),
+        database_url=database_url,
+        extra_env={"DISTILLERY_WORKER_POLL_S": "0.1"},
+    )
+    with process:
+        process.wait_ready(timeout=120)
+        yield Service(url=process.url, database_url=database_url, backend=backend, process=process)
+
+
+@pytest.fixture
+def api(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+        yield client
