@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def teacher(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         yield Teacher(base_url=server.base_url)
 
 
-async def _admin(sql: str) -> None:
+async def _admin_async(sql: str) -> None:
     conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
     try:
         await conn.execute(sql)
@@ -59,18 +60,24 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def _admin(sql: str) -> None:
+    """Run one admin statement on its own loop in a thread (callers may be inside a running loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin_async(sql)).result()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database for this test session, dropped afterwards. Under CI=true, no Postgres fails the run."""
     name = f"distillery_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        _admin(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as exc:
         if IN_CI:
             pytest.fail(f"Postgres at {POSTGRES_ADMIN_DSN} is required under CI: {exc}")
         pytest.skip(f"Postgres unavailable: {exc}")
     yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def teacher_settings(teacher: Teacher, **overrides: object) -> list[dict[str, object]]:

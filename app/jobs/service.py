@@ -124,7 +124,7 @@ async def create_job(session: AsyncSession, registry: TeacherRegistry, body: Job
             seen[record.custom_id] = index
     info = await teacher_info_for(registry, body.teacher, body.params)
     job = await repository.insert_job(session, _new_job(body.teacher, body.params, info))
-    job.total_items = await _insert_records(session, job, _aiter(body.prompts))
+    job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
     await session.flush()
     return job
 
@@ -204,7 +204,7 @@ async def _records_of(upload: AsyncReadable) -> AsyncIterator[PromptRecord]:
             yield _parse_line(line)
 
 
-async def _aiter(records: Iterable[PromptRecord]) -> AsyncIterator[PromptRecord]:
+async def aiter_records(records: Iterable[PromptRecord]) -> AsyncIterator[PromptRecord]:
     for record in records:
         yield record
 

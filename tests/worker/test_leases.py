@@ -1,0 +1,113 @@
+"""Leases on both databases: expiry re-queues, only the lease holder's write lands, one result per sample."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.codecs.topk import TopKArrays
+from app.database import Database
+from app.jobs.schemas import GenerationParams, PromptRecord
+from app.jobs.service import _insert_records, _new_job, aiter_records
+from app.models import Item, Job, Result, utcnow
+from app.settings import Settings, TeacherConfig
+from app.teachers.parsing import ParsedCompletion
+from app.worker import repository
+from app.worker.schemas import ItemOutcome
+from app.worker.service import Worker
+
+TEACHER = "lease-test"  # never served, so the test service's worker leaves these items alone
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    url = (
+        request.getfixturevalue("postgres_url")
+        if request.param == "postgres"
+        else (f"sqlite+aiosqlite:///{tmp_path / 'lease.db'}")
+    )
+    db = Database(url)
+    await db.upgrade_schema()
+    yield db
+    await db.dispose()
+
+
+def settings(lease_s: float) -> Settings:
+    teacher = TeacherConfig.model_validate({"name": TEACHER, "base_url": "http://127.0.0.1:9", "model": "m"})
+    return Settings(teachers=[teacher], worker_lease_s=lease_s)
+
+
+async def make_job(db: Database, count: int) -> uuid.UUID:
+    params = GenerationParams(top_logprobs=2)
+    async with db.transaction() as session:
+        job = _new_job(TEACHER, params, {"max_logprobs": 20})
+        session.add(job)
+        await session.flush()
+        job.total_items = await _insert_records(
+            session, job, aiter_records([PromptRecord(prompt=f"p{i}") for i in range(count)])
+        )
+    return job.id
+
+
+def outcome_for(item: object, n: int = 1) -> ItemOutcome:
+    arrays = TopKArrays(
+        np.array([5, 6], np.int32),
+        np.array([-0.1, -0.2], np.float32),
+        np.array([[5, 7], [6, 7]], np.int32),
+        np.array([[-0.1, -2.0], [-0.2, -3.0]], np.float32),
+    )
+    completions = [ParsedCompletion(0, s, "ab", "length", arrays, [1, 2]) for s in range(n)]
+    return ItemOutcome(item, completions=completions)  # type: ignore[arg-type]
+
+
+async def counts(db: Database, job_id: uuid.UUID) -> tuple[int, int, str]:
+    async with db.transaction(readonly=True) as session:
+        results = await session.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id))
+        job = await session.get(Job, job_id)
+        assert job is not None
+        return int(results or 0), job.done_items, job.status
+
+
+async def test_expired_lease_goes_to_the_next_worker_and_the_stale_write_is_a_no_op(database: Database) -> None:
+    job_id = await make_job(database, 3)
+    a = Worker(database, settings(lease_s=0.2), worker_id="worker-a")
+    b = Worker(database, settings(lease_s=60), worker_id="worker-b")
+    claim_a = await a.claim(TEACHER, 10)
+    assert [i.attempts for i in claim_a.items] == [1, 1, 1]
+    assert (await b.claim(TEACHER, 10)).items == [], "leased items are not claimable"
+
+    await asyncio.sleep(0.4)
+    await b.reap()
+    claim_b = await b.claim(TEACHER, 10)
+    assert sorted(i.id for i in claim_b.items) == sorted(i.id for i in claim_a.items)
+    assert [i.attempts for i in claim_b.items] == [2, 2, 2]
+
+    await a.store([outcome_for(i) for i in claim_a.items])  # stale: a no longer holds the leases
+    assert await counts(database, job_id) == (0, 0, "running")
+
+    await b.store([outcome_for(i, n=1) for i in claim_b.items])
+    assert await counts(database, job_id) == (3, 3, "completed")
+    await b.store([outcome_for(i, n=1) for i in claim_b.items])  # a repeat after completion changes nothing
+    assert await counts(database, job_id) == (3, 3, "completed")
+
+
+async def test_release_and_renew(database: Database) -> None:
+    await make_job(database, 2)
+    w = Worker(database, settings(lease_s=30), worker_id="worker-r")
+    claim = await w.claim(TEACHER, 10)
+    ids = [i.id for i in claim.items]
+    until = utcnow() + timedelta(hours=1)
+    async with database.transaction() as session:
+        assert await repository.renew_leases(session, owner="someone-else", item_ids=ids, lease_until=until) == 0
+        assert await repository.renew_leases(session, owner="worker-r", item_ids=ids, lease_until=until) == 2
+    await w.retry_later(claim.items)
+    async with database.transaction(readonly=True) as session:
+        statuses = (await session.execute(select(Item.status).where(Item.id.in_(ids)))).scalars().all()
+    assert statuses == ["queued", "queued"]
