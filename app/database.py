@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A lost or refused connection, a restarting server, a lock timeout: worth running the unit again."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError))
 
 
 class Database:
@@ -46,6 +60,24 @@ class Database:
         factory = self.read_sessions if readonly else self.sessions
         async with factory() as session, session.begin():
             yield session
+
+    async def run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, readonly: bool = False, retry_for_s: float = 0.0
+    ) -> T:
+        """One unit of work in one transaction, run again (from scratch) on transient database errors
+        for up to retry_for_s seconds. The unit must be safe to repeat."""
+        deadline = time.monotonic() + retry_for_s
+        delay = 0.2
+        while True:
+            try:
+                async with self.transaction(readonly=readonly) as session:
+                    return await work(session)
+            except Exception as exc:
+                if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable (%s); running the unit again in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
 
     async def upgrade_schema(self) -> None:
         """Run Alembic migrations up to head on this database."""

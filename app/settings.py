@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(default=0.5, gt=0)
     worker_max_attempts: int = Field(default=5, ge=1)
     teacher_probe_interval_s: float = Field(default=15.0, gt=0)
+    teacher_outage_window_s: float = Field(
+        default=900.0, ge=0, description="While a teacher is down this long, its items keep their attempts."
+    )
+    worker_shutdown_grace_s: float = Field(default=30.0, ge=0)
+    worker_db_retry_s: float = Field(default=300.0, ge=0, description="How long a worker retries a unit of work.")
 
     export_chunk_rows: int = Field(default=512, ge=1)
     max_page_size: int = Field(default=1000, ge=1)

@@ -116,14 +116,16 @@ async def finish_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(update(Item).execution_options(synchronize_session=False), list(rows))
 
 
-async def release_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int]) -> int:
-    """Give leased items back to the queue (a transient failure, or a shutdown)."""
+async def release_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int], refund: bool = False) -> int:
+    """Give leased items back to the queue (a transient failure, or a shutdown); `refund` returns the
+    attempt their claim counted."""
     if not item_ids:
         return 0
+    attempts = Item.attempts - 1 if refund else Item.attempts
     result = await session.execute(
         update(Item)
         .where(Item.id.in_(item_ids), Item.lease_owner == owner, Item.status == "leased")
-        .values(status="queued", lease_owner=None, lease_expires_at=None)
+        .values(status="queued", lease_owner=None, lease_expires_at=None, attempts=attempts)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

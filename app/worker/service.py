@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.codecs.topk import DEFAULT_CODEC
 from app.database import Database
 from app.jobs.repository import PROGRESS_BUCKET_S
@@ -87,7 +89,12 @@ def _sampling(spec: JobSpec) -> dict[str, Any]:
 
 
 class TeacherDispatcher:
-    """Claims batches for one teacher and keeps up to max_inflight of them in flight."""
+    """Claims batches for one teacher and keeps up to max_inflight of them in flight.
+
+    Transient failures back the dispatcher off (exponential, with jitter). When the teacher's health check
+    fails too, it is down: claiming stops until it answers again, and for up to the outage window the
+    items that failed meanwhile get their attempt back, so an outage alone never fails a job.
+    """
 
     def __init__(self, worker: Worker, config: TeacherConfig) -> None:
         self.worker = worker
@@ -97,17 +104,18 @@ class TeacherDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff_until = 0.0
         self._failures = 0
+        self._down_since: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.worker.settings
         try:
             while not stop.is_set():
+                if self._down_since is not None:
+                    await self._wait_until_healthy(stop)
+                    continue
                 await self._slots.acquire()
-                if stop.is_set():
-                    self._slots.release()
-                    break
                 delay = self._backoff_until - time.monotonic()
-                if delay > 0:
+                if stop.is_set() or delay > 0:
                     self._slots.release()
                     await _sleep_or_stop(stop, delay)
                     continue
@@ -126,9 +134,19 @@ class TeacherDispatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
         finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._drain(settings.worker_shutdown_grace_s)
             await self.client.aclose()
+
+    async def _drain(self, grace_s: float) -> None:
+        """Let in-flight batches finish within the grace period; cancel the rest (their leases are released)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("shutdown: released %d batches still in flight after %.0fs", len(pending), grace_s)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -151,18 +169,15 @@ class TeacherDispatcher:
                 if raw:
                     units.append(self._run_completions(spec, raw))
                 units.extend(self._run_chat(spec, item) for item in chat)
-            outcomes = await asyncio.gather(*units, return_exceptions=True)
-            stored: list[ItemOutcome] = []
-            retry: list[ClaimedItem] = []
-            for unit in outcomes:
-                if isinstance(unit, BaseException):
-                    log.error("teacher unit crashed", exc_info=unit)
-                    continue
-                stored.extend(o for o in unit if o.completions or o.error)
-                retry.extend(o.item for o in unit if not o.completions and not o.error)
-            await self.worker.store(stored)
+            outcomes = await asyncio.gather(*units)
+            finished = [o for unit in outcomes for o in unit if o.completions or o.error]
+            retry = [o.item for unit in outcomes for o in unit if not o.completions and not o.error]
+            await self.worker.store(finished)
             if retry:
-                await self.worker.retry_later(retry)
+                await self.worker.retry_later(retry, refund=await self._outage_refund())
+        except asyncio.CancelledError:
+            await asyncio.shield(self.worker.release([i for i in ids if i in self.worker.inflight]))
+            raise
         finally:
             self.worker.inflight.difference_update(ids)
 
@@ -211,11 +226,34 @@ class TeacherDispatcher:
     def _note_failure(self, exc: Exception) -> None:
         self._failures += 1
         delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(self._failures, 8)) * (0.5 + random.random())
-        self._backoff_until = time.monotonic() + delay
+        self._backoff_until = max(self._backoff_until, time.monotonic() + delay)
         log.warning("teacher %s: %s; backing off %.1fs", self.config.name, exc, delay)
 
     def _note_success(self) -> None:
         self._failures = 0
+
+    async def _outage_refund(self) -> bool:
+        """After transient failures: True while the teacher is down and the outage is within the window."""
+        if await self.client.health():
+            return False
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("teacher %s is down; pausing its dispatch", self.config.name)
+        return now - self._down_since < self.worker.settings.teacher_outage_window_s
+
+    async def _wait_until_healthy(self, stop: asyncio.Event) -> None:
+        delay = 1.0
+        while not stop.is_set():
+            if await self.client.health():
+                down_for = time.monotonic() - (self._down_since or time.monotonic())
+                log.info("teacher %s is back after %.0fs; resuming", self.config.name, down_for)
+                self._down_since = None
+                self._failures = 0
+                self._backoff_until = 0.0
+                return
+            await _sleep_or_stop(stop, delay * (0.5 + random.random()))
+            delay = min(delay * 2, 15.0)
 
 
 class Worker:
@@ -228,6 +266,7 @@ class Worker:
         self.inflight: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until stop is set; then stop claiming, drain in-flight batches within the grace period, and return."""
         dispatchers = [TeacherDispatcher(self, t) for t in self.settings.teachers]
         log.info("worker %s started for teachers %s", self.id, [t.name for t in self.settings.teachers])
         await asyncio.gather(
@@ -235,6 +274,7 @@ class Worker:
             self._every(stop, self.settings.worker_lease_s / 3, self.renew_leases),
             self._every(stop, min(self.settings.worker_lease_s / 2, 30.0), self.reap),
         )
+        log.info("worker %s stopped", self.id)
 
     async def _every(self, stop: asyncio.Event, interval: float, action: Any) -> None:
         while not stop.is_set():
@@ -248,99 +288,101 @@ class Worker:
         return utcnow() + timedelta(seconds=self.settings.worker_lease_s)
 
     async def claim(self, teacher: str, limit: int) -> Claim:
-        async with self.database.transaction() as session:
+        async def work(session: AsyncSession) -> Claim:
             items = await repository.claim_items(
-                session,
-                teacher=teacher,
-                owner=self.id,
-                limit=limit,
-                lease_until=self._lease_until(),
-                now=utcnow(),
+                session, teacher=teacher, owner=self.id, limit=limit, lease_until=self._lease_until(), now=utcnow()
             )
             jobs = await repository.job_specs(session, {i.job_id for i in items}) if items else {}
-        return Claim(items=items, jobs=jobs)
+            return Claim(items=items, jobs=jobs)
+
+        return await self.database.run(work)
 
     async def renew_leases(self) -> None:
         ids = sorted(self.inflight)
         if ids:
-            async with self.database.transaction() as session:
-                await repository.renew_leases(session, owner=self.id, item_ids=ids, lease_until=self._lease_until())
+            until = self._lease_until()
+            await self.database.run(
+                lambda s: repository.renew_leases(s, owner=self.id, item_ids=ids, lease_until=until)
+            )
 
     async def reap(self) -> None:
-        async with self.database.transaction() as session:
-            reaped = await repository.reap_expired_leases(session, utcnow())
+        reaped = await self.database.run(lambda s: repository.reap_expired_leases(s, utcnow()))
         if reaped:
             log.info("re-queued %d items whose lease expired", reaped)
 
+    async def release(self, item_ids: list[int], *, refund: bool = False) -> None:
+        if item_ids:
+            await self.database.run(
+                lambda s: repository.release_items(s, owner=self.id, item_ids=item_ids, refund=refund),
+                retry_for_s=self.settings.worker_db_retry_s,
+            )
+
     async def store(self, outcomes: list[ItemOutcome]) -> None:
-        """One transaction: results in, items done or failed, job counters, all only for items we still own."""
-        if not outcomes:
-            return
+        """One transaction: results in, items done or failed, job counters, all only for items we still own.
+        Repeatable: after a commit the items are no longer leased, so a rerun stores nothing twice."""
+        if outcomes:
+            await self.database.run(lambda s: self._store(s, outcomes), retry_for_s=self.settings.worker_db_retry_s)
+
+    async def _store(self, session: AsyncSession, outcomes: list[ItemOutcome]) -> None:
         codec = DEFAULT_CODEC
         now = utcnow()
-        async with self.database.transaction() as session:
-            owned = await repository.owned_items(session, owner=self.id, item_ids=[o.item.id for o in outcomes])
-            results: list[dict[str, Any]] = []
-            finished: list[dict[str, Any]] = []
-            done: dict[uuid.UUID, int] = defaultdict(int)
-            failed: dict[uuid.UUID, int] = defaultdict(int)
-            tokens: dict[uuid.UUID, int] = defaultdict(int)
-            for outcome in outcomes:
-                item = outcome.item
-                if item.id not in owned:
-                    continue
-                if outcome.error is not None:
-                    finished.append(_finished_row(item.id, "failed", error=outcome.error[:4000]))
-                    failed[item.job_id] += 1
-                    continue
-                prompt_ids = outcome.completions[0].prompt_token_ids if outcome.completions else None
-                finished.append(_finished_row(item.id, "done", prompt_token_ids=prompt_ids))
-                done[item.job_id] += 1
-                for completion in outcome.completions:
-                    packed = codec.encode(completion.arrays)
-                    tokens[item.job_id] += packed.num_tokens
-                    results.append(
-                        {
-                            "job_id": item.job_id,
-                            "item_id": item.id,
-                            "sample_index": completion.sample_index,
-                            "text": completion.text,
-                            "finish_reason": completion.finish_reason,
-                            "num_tokens": packed.num_tokens,
-                            "prompt_tokens": len(completion.prompt_token_ids or ()),
-                            "codec": packed.codec,
-                            "k": packed.k,
-                            "token_ids": packed.token_ids,
-                            "token_logprobs": packed.token_logprobs,
-                            "topk_ids": packed.topk_ids,
-                            "topk_logprobs": packed.topk_logprobs,
-                        }
-                    )
-            await repository.insert_results(session, results)
-            await repository.finish_items(session, finished)
-            await repository.add_job_progress(
-                session,
-                done=done,
-                failed=failed,
-                tokens=tokens,
-                bucket=int(time.time()) // PROGRESS_BUCKET_S,
-                now=now,
-            )
+        owned = await repository.owned_items(session, owner=self.id, item_ids=[o.item.id for o in outcomes])
+        results: list[dict[str, Any]] = []
+        finished: list[dict[str, Any]] = []
+        done: dict[uuid.UUID, int] = defaultdict(int)
+        failed: dict[uuid.UUID, int] = defaultdict(int)
+        tokens: dict[uuid.UUID, int] = defaultdict(int)
+        for outcome in outcomes:
+            item = outcome.item
+            if item.id not in owned:
+                continue
+            if outcome.error is not None:
+                finished.append(_finished_row(item.id, "failed", error=outcome.error[:4000]))
+                failed[item.job_id] += 1
+                continue
+            prompt_ids = outcome.completions[0].prompt_token_ids if outcome.completions else None
+            finished.append(_finished_row(item.id, "done", prompt_token_ids=prompt_ids))
+            done[item.job_id] += 1
+            for completion in outcome.completions:
+                packed = codec.encode(completion.arrays)
+                tokens[item.job_id] += packed.num_tokens
+                results.append(
+                    {
+                        "job_id": item.job_id,
+                        "item_id": item.id,
+                        "sample_index": completion.sample_index,
+                        "text": completion.text,
+                        "finish_reason": completion.finish_reason,
+                        "num_tokens": packed.num_tokens,
+                        "prompt_tokens": len(completion.prompt_token_ids or ()),
+                        "codec": packed.codec,
+                        "k": packed.k,
+                        "token_ids": packed.token_ids,
+                        "token_logprobs": packed.token_logprobs,
+                        "topk_ids": packed.topk_ids,
+                        "topk_logprobs": packed.topk_logprobs,
+                    }
+                )
+        await repository.insert_results(session, results)
+        await repository.finish_items(session, finished)
+        await repository.add_job_progress(
+            session, done=done, failed=failed, tokens=tokens, bucket=int(time.time()) // PROGRESS_BUCKET_S, now=now
+        )
         stale = len(outcomes) - len(owned)
         if stale:
             log.warning("dropped %d results whose lease this worker no longer holds", stale)
 
-    async def retry_later(self, items: list[ClaimedItem]) -> None:
-        """Items that hit a transient failure: back to the queue, or failed once out of attempts."""
-        exhausted = [i for i in items if i.attempts >= self.settings.worker_max_attempts]
-        again = [i.id for i in items if i.attempts < self.settings.worker_max_attempts]
+    async def retry_later(self, items: list[ClaimedItem], *, refund: bool = False) -> None:
+        """Items that hit a transient failure go back to the queue; once out of attempts they fail. During a
+        teacher outage (refund) the attempt is given back, so waiting out the outage costs nothing."""
+        limit = self.settings.worker_max_attempts
+        exhausted = [] if refund else [i for i in items if i.attempts >= limit]
+        again = [i.id for i in items if refund or i.attempts < limit]
         if exhausted:
             await self.store(
                 [ItemOutcome(i, error=f"gave up after {i.attempts} attempts (teacher errors)") for i in exhausted]
             )
-        if again:
-            async with self.database.transaction() as session:
-                await repository.release_items(session, owner=self.id, item_ids=again)
+        await self.release(again, refund=refund)
 
 
 def _finished_row(
