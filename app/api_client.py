@@ -20,8 +20,9 @@ class ApiCallError(RuntimeError):
 
 
 class DistilleryClient:
-    def __init__(self, base_url: str, *, timeout: float = 600.0) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> DistilleryClient:
         return self

@@ -20,11 +20,14 @@ from app.settings import get_settings
 app = typer.Typer(help="Distillery: teacher top-k logprobs as knowledge-distillation datasets.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 teacher_app = typer.Typer(help="The local tiny teacher (development, tests, demo).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (on the database the settings name).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 app.add_typer(teacher_app, name="teacher")
 console = Console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="DISTILLERY_URL", help="The service's base URL.")]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="DISTILLERY_API_KEY", help="An API key.")]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -73,20 +76,61 @@ def run_worker() -> None:
     asyncio.run(main())
 
 
+def _on_database(work: Any) -> Any:
+    """Run one unit of work against the settings' database, schema brought to head first."""
+    from app.database import Database
+
+    async def main() -> Any:
+        database = Database(get_settings().resolved_database_url)
+        try:
+            await database.upgrade_schema()
+            return await database.run(work)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+@keys_app.command("create")
+def keys_create(project: Annotated[str, typer.Option(help="The project the key acts for (created if new).")]) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from app.auth.service import create_key
+
+    created = _on_database(lambda s: create_key(s, project))
+    console.print(f"key {created.key_id} for project {created.project!r}; it is shown only once:")
+    typer.echo(created.key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys by id and project (the keys themselves are not stored)."""
+    from app.auth.service import list_keys
+
+    for key in _on_database(list_keys):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        typer.echo(f"{key.key_id}  {key.project:<24} created {key.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (the part after dk_).")]) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    from app.auth.service import revoke_key
+
+    if not _on_database(lambda s: revoke_key(s, key_id)):
+        console.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to head."""
-    from app.database import Database
 
-    settings = get_settings()
+    async def nothing(_session: Any) -> None:
+        return None
 
-    async def main() -> None:
-        database = Database(settings.resolved_database_url)
-        await database.upgrade_schema()
-        await database.dispose()
-
-    asyncio.run(main())
-    console.print(f"schema at head on {settings.resolved_database_url}")
+    _on_database(nothing)
+    console.print(f"schema at head on {get_settings().resolved_database_url}")
 
 
 @teacher_app.command("build-tiny")
@@ -173,6 +217,7 @@ def submit(
     seed: int | None = None,
     wait: Annotated[bool, typer.Option(help="Show a progress bar until the job ends.")] = True,
     url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
 ) -> None:
     """Upload a JSONL prompt set as a job; prints the job id and, with --wait, follows it to the end."""
     form = {
@@ -185,7 +230,7 @@ def submit(
         "seed": seed,
     }
     try:
-        with DistilleryClient(url) as client:
+        with DistilleryClient(url, api_key) as client:
             job = client.upload(file, form)
             typer.echo(job["id"])
             if not wait:
@@ -203,10 +248,12 @@ def submit(
 
 
 @app.command()
-def status(job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = DEFAULT_URL) -> None:
+def status(
+    job_id: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None
+) -> None:
     """Show one job, or list recent jobs."""
     try:
-        with DistilleryClient(url) as client:
+        with DistilleryClient(url, api_key) as client:
             if job_id:
                 typer.echo(json.dumps(client.job(job_id), indent=2))
                 return
@@ -226,11 +273,12 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output file (default: job-<id>.<format>).")] = None,
     format: Annotated[str, typer.Option(help="parquet or jsonl")] = "parquet",
     url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
 ) -> None:
     """Download a job's dataset as a streamed file."""
     path = out or Path(f"job-{job_id}.{format}")
     try:
-        with DistilleryClient(url) as client:
+        with DistilleryClient(url, api_key) as client:
             client.export(job_id, path, format)
     except ApiCallError as exc:
         raise _fail(exc) from None

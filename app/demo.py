@@ -28,11 +28,13 @@ def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: in
     with VllmServer(model_dir, log_path=data_dir / "vllm.log", served_model_name="tiny") as teacher:
         teacher.wait_ready(timeout=300)
         teachers = [{"name": "tiny", "base_url": teacher.base_url, "model": "tiny"}]
-        with ServiceProcess(data_dir=data_dir, teachers=teachers) as service:
+        service = ServiceProcess(data_dir=data_dir, teachers=teachers)
+        api_key = service.create_key("demo")
+        with service:
             console.print(f"[bold]3/5[/bold] starting Distillery on {service.url} (SQLite in {data_dir})")
-            service.wait_ready()
+            service.wait_ready(api_key)
             console.print(f"[bold]4/5[/bold] submitting {prompts}")
-            with DistilleryClient(service.url) as client:
+            with DistilleryClient(service.url, api_key) as client:
                 job = client.upload(
                     prompts,
                     {

@@ -4,9 +4,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import service as auth_service
+from app.auth.schemas import Principal
 from app.database import Database
+from app.errors import ApiError
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 
@@ -37,6 +41,27 @@ async def get_session(
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dk_...`.")
+
+
+async def get_principal(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    """The project the request acts for, from its API key; 401 when the key is missing, unknown or revoked."""
+    principal = await auth_service.authenticate(session, credentials.credentials) if credentials else None
+    if principal is None:
+        raise ApiError(
+            401,
+            "missing, unknown or revoked API key",
+            loc=["header", "authorization"],
+            type="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[TeacherRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth.service import ensure_first_key
 from app.database import Database
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
@@ -29,6 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.resolved_database_url)
         await database.upgrade_schema()
+        first_key = await database.run(ensure_first_key)
+        if first_key is not None:
+            print(
+                f"Distillery: created project {first_key.project!r} and its first API key; it is shown only once:\n"
+                f"    {first_key.key}",
+                file=sys.stderr,
+                flush=True,
+            )
         registry = TeacherRegistry(settings)
         app.state.settings = settings
         app.state.database = database

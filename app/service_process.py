@@ -46,12 +46,23 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    def create_key(self, project: str) -> str:
+        """`distillery keys create` on this service's database; returns the new key."""
+        out = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "--project", project],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 120.0, *, teachers_healthy: bool = True) -> None:
+    def wait_ready(self, api_key: str, timeout: float = 120.0, *, teachers_healthy: bool = True) -> None:
         """Until /readyz answers 200 and, if asked, every teacher has been probed healthy."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -61,7 +72,8 @@ class ServiceProcess:
                 if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     if not teachers_healthy:
                         return
-                    teachers = httpx.get(f"{self.url}/v1/teachers", timeout=5).json()["teachers"]
+                    auth = {"authorization": f"Bearer {api_key}"}
+                    teachers = httpx.get(f"{self.url}/v1/teachers", headers=auth, timeout=5).json()["teachers"]
                     if all(t["healthy"] for t in teachers):
                         return
             except httpx.HTTPError:

@@ -54,10 +54,12 @@ async def direct(
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
 
 
-def through_service(url: str, prompts: list[str], *, max_tokens: int, k: int, workdir: Path) -> dict[str, Any]:
+def through_service(
+    url: str, api_key: str, prompts: list[str], *, max_tokens: int, k: int, workdir: Path
+) -> dict[str, Any]:
     path = workdir / "prompts.jsonl"
     path.write_text("".join(f'{{"prompt": {__import__("json").dumps(p)}}}\n' for p in prompts))
-    with DistilleryClient(url) as client:
+    with DistilleryClient(url, api_key) as client:
         started = time.perf_counter()
         job = client.upload(path, {"teacher": "tiny", "max_tokens": max_tokens, "top_logprobs": k, "temperature": 1.0})
         job = client.wait(job["id"], poll_s=0.1)
@@ -124,8 +126,11 @@ def main() -> None:
                     extra_env={"DISTILLERY_WORKER_POLL_S": "0.05"},
                 ) as service,
             ):
-                service.wait_ready()
-                result = through_service(service.url, prompts, max_tokens=args.max_tokens, k=args.k, workdir=Path(tmp))
+                api_key = service.create_key("bench")
+                service.wait_ready(api_key)
+                result = through_service(
+                    service.url, api_key, prompts, max_tokens=args.max_tokens, k=args.k, workdir=Path(tmp)
+                )
                 service_runs.append(result)
                 storage.append(asyncio.run(bytes_on_disk(db_url)) / result["tokens"])
             print(

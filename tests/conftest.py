@@ -7,7 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -36,6 +36,13 @@ class Service:
     database_url: str
     backend: str
     process: ServiceProcess
+    api_key: str
+    other_key: str = field(repr=False)
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        """An HTTP client acting for the given key's project (default: the main test project)."""
+        headers = {"authorization": f"Bearer {api_key or self.api_key}"}
+        return httpx.Client(base_url=self.url, timeout=120, headers=headers)
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +105,22 @@ def service(
         database_url=database_url,
         extra_env={"DISTILLERY_WORKER_POLL_S": "0.1"},
     )
+    api_key = process.create_key("alpha")
+    other_key = process.create_key("beta")
     with process:
-        process.wait_ready(timeout=120)
-        yield Service(url=process.url, database_url=database_url, backend=backend, process=process)
+        process.wait_ready(api_key, timeout=120)
+        yield Service(
+            url=process.url,
+            database_url=database_url,
+            backend=backend,
+            process=process,
+            api_key=api_key,
+            other_key=other_key,
+        )
 
 
 @pytest.fixture
 def api(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=120) as client:
+    """A client of the service for project "alpha"."""
+    with service.client() as client:
         yield client

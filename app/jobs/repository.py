@@ -27,16 +27,21 @@ async def insert_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(insert(Item), list(rows))
 
 
-async def get_job(session: AsyncSession, job_id: uuid.UUID, *, for_update: bool = False) -> Job | None:
-    stmt = select(Job).where(Job.id == job_id)
+async def get_job(
+    session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID, *, for_update: bool = False
+) -> Job | None:
+    """The job if it belongs to the project; another project's job is as good as missing."""
+    stmt = select(Job).where(Job.id == job_id, Job.project_id == project_id)
     if for_update:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def list_jobs(session: AsyncSession, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[Job]:
-    """Newest first, keyset-paged on (created_at, id)."""
-    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+async def list_jobs(
+    session: AsyncSession, project_id: uuid.UUID, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[Job]:
+    """The project's jobs, newest first, keyset-paged on (created_at, id)."""
+    stmt = select(Job).where(Job.project_id == project_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if after is not None:
         stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(after[0], after[1]))
     return list((await session.execute(stmt)).scalars())
@@ -72,3 +77,20 @@ async def recent_tokens(
         .group_by(JobProgress.job_id)
     )
     return {job_id: int(total or 0) for job_id, total in rows.all()}
+
+
+async def requeue_failed_items(session: AsyncSession, job_id: uuid.UUID) -> int:
+    """Failed items back to the queue with fresh attempts; the job counts them as pending again."""
+    result = await session.execute(
+        update(Item)
+        .where(Item.job_id == job_id, Item.status == "failed")
+        .values(status="queued", attempts=0, error=None, lease_owner=None, lease_expires_at=None)
+    )
+    requeued = int(result.rowcount)  # type: ignore[attr-defined]
+    if requeued:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(failed_items=Job.failed_items - requeued, status="running", finished_at=None)
+        )
+    return requeued

@@ -65,9 +65,10 @@ async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: Gene
     return info
 
 
-def _new_job(teacher: str, params: GenerationParams, info: dict[str, Any]) -> Job:
+def _new_job(project_id: uuid.UUID, teacher: str, params: GenerationParams, info: dict[str, Any]) -> Job:
     return Job(
         id=uuid.uuid4(),
+        project_id=project_id,
         teacher=teacher,
         kind="generate",
         status="queued",
@@ -111,7 +112,7 @@ async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterabl
     return count
 
 
-async def create_job(session: AsyncSession, registry: TeacherRegistry, body: JobCreate) -> Job:
+async def create_job(session: AsyncSession, registry: TeacherRegistry, body: JobCreate, project_id: uuid.UUID) -> Job:
     seen: dict[str, int] = {}
     for index, record in enumerate(body.prompts):
         if record.custom_id is not None:
@@ -123,7 +124,7 @@ async def create_job(session: AsyncSession, registry: TeacherRegistry, body: Job
                 )
             seen[record.custom_id] = index
     info = await teacher_info_for(registry, body.teacher, body.params)
-    job = await repository.insert_job(session, _new_job(body.teacher, body.params, info))
+    job = await repository.insert_job(session, _new_job(project_id, body.teacher, body.params, info))
     job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
     await session.flush()
     return job
@@ -162,6 +163,7 @@ async def create_job_from_upload(
     teacher: str,
     params: GenerationParams,
     upload: AsyncReadable,
+    project_id: uuid.UUID,
 ) -> Job:
     """Validate every line first (nothing written), then insert in chunks on a second read."""
     info = await teacher_info_for(registry, teacher, params)
@@ -191,7 +193,7 @@ async def create_job_from_upload(
         raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
     seen.clear()
     await upload.seek(0)
-    job = await repository.insert_job(session, _new_job(teacher, params, info))
+    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info))
 
     job.total_items = await _insert_records(session, job, _records_of(upload))
     await session.flush()
@@ -209,20 +211,34 @@ async def aiter_records(records: Iterable[PromptRecord]) -> AsyncIterator[Prompt
         yield record
 
 
-async def get_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
-    job = await repository.get_job(session, job_id)
+async def get_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
+    job = await repository.get_job(session, job_id, project_id)
     if job is None:
         raise not_found("job", ["path", "job_id"])
     return job
 
 
-async def cancel_job(session: AsyncSession, job_id: uuid.UUID) -> Job:
-    job = await repository.get_job(session, job_id, for_update=True)
+async def cancel_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
+    job = await repository.get_job(session, job_id, project_id, for_update=True)
     if job is None:
         raise not_found("job", ["path", "job_id"])
     if job.status in ("queued", "running"):
         cancelled = await repository.cancel_queued_items(session, job_id)
         await repository.mark_job_cancelled(session, job_id, cancelled)
+        await session.refresh(job)
+    return job
+
+
+async def retry_failed(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
+    """Re-queue a job's failed items. A cancelled job stays cancelled: 409."""
+    job = await repository.get_job(session, job_id, project_id, for_update=True)
+    if job is None:
+        raise not_found("job", ["path", "job_id"])
+    if job.status == "cancelled":
+        raise ApiError(
+            409, "the job is cancelled; its items are not dispatched again", loc=["path", "job_id"], type="conflict"
+        )
+    if await repository.requeue_failed_items(session, job_id):
         await session.refresh(job)
     return job
 
@@ -263,9 +279,9 @@ async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
     ]
 
 
-async def list_jobs(session: AsyncSession, *, limit: int, cursor: str | None) -> JobPage:
+async def list_jobs(session: AsyncSession, project_id: uuid.UUID, *, limit: int, cursor: str | None) -> JobPage:
     after = _decode_cursor(cursor) if cursor else None
-    jobs = await repository.list_jobs(session, limit=limit + 1, after=after)
+    jobs = await repository.list_jobs(session, project_id, limit=limit + 1, after=after)
     next_cursor = _encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return JobPage(jobs=await to_reads(session, jobs[:limit]), next_cursor=next_cursor)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.dependencies import DatabaseDep, SessionDep, SettingsDep
+from app.dependencies import DatabaseDep, PrincipalDep, SessionDep, SettingsDep
 from app.jobs.service import get_job
 from app.records import service
 from app.records.schemas import ExportFormat, RecordPage
@@ -18,10 +18,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["records"])
 async def list_records(
     job_id: uuid.UUID,
     session: SessionDep,
+    principal: PrincipalDep,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RecordPage:
-    job = await get_job(session, job_id)
+    job = await get_job(session, job_id, principal.project_id)
     return await service.record_page(session, job, cursor=cursor, limit=limit)
 
 
@@ -35,9 +36,10 @@ async def export_job(
     session: SessionDep,
     database: DatabaseDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     format: Annotated[ExportFormat, Query()] = ExportFormat.parquet,
 ) -> StreamingResponse:
-    job = await get_job(session, job_id)
+    job = await get_job(session, job_id, principal.project_id)
     exporter = service.exporter_for(format, job)
     return StreamingResponse(
         service.stream_export(database, job.id, exporter, settings.export_chunk_rows),

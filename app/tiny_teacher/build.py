@@ -145,7 +145,7 @@ def _llama_config(spec: TinyTeacherSpec, tokenizer: Any) -> Any:
         num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=spec.max_position_embeddings,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         hidden_act="silu",
         tie_word_embeddings=spec.tie_word_embeddings,
         bos_token_id=tokenizer.token_to_id(BOS_TOKEN),
@@ -346,7 +346,8 @@ def build_tiny_teacher(
     config = _llama_config(spec, tokenizer)
     with _torch_threads(num_threads):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model_cls: Any = LlamaForCausalLM
+        model = model_cls(config).to(torch.float32)
         parameters = sum(p.numel() for p in model.parameters())
         first_loss, final_loss = _train(
             model,

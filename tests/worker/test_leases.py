@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from app.auth.repository import insert_project
 from app.codecs.topk import TopKArrays
 from app.database import Database
 from app.jobs.schemas import GenerationParams, PromptRecord
@@ -47,7 +48,8 @@ def settings(lease_s: float) -> Settings:
 async def make_job(db: Database, count: int) -> uuid.UUID:
     params = GenerationParams(top_logprobs=2)
     async with db.transaction() as session:
-        job = _new_job(TEACHER, params, {"max_logprobs": 20})
+        project = await insert_project(session, f"lease-{uuid.uuid4().hex[:8]}")
+        job = _new_job(project.id, TEACHER, params, {"max_logprobs": 20})
         session.add(job)
         await session.flush()
         job.total_items = await _insert_records(
