@@ -14,19 +14,27 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 T = TypeVar("T")
+# Deadlock detected, serialization failure: the transaction lost a race and can simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 log = logging.getLogger(__name__)
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
     """A lost or refused connection, a restarting server, a lock timeout: worth running the unit again."""
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, (OperationalError, InterfaceError))
+            or sqlstate in RETRYABLE_SQLSTATES
+        )
     return isinstance(exc, (ConnectionError, OSError, TimeoutError))
 
 
@@ -88,6 +96,11 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """The INSERT construct of the session's dialect, which has ON CONFLICT."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def alembic_config(url: str) -> Config:

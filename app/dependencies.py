@@ -41,15 +41,20 @@ async def get_session(
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dk_...`.")
 
 
 async def get_principal(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    """The project the request acts for, from its API key; 401 when the key is missing, unknown or revoked."""
-    principal = await auth_service.authenticate(session, credentials.credentials) if credentials else None
+    """The project the request acts for, from its API key; 401 when the key is missing, unknown or revoked.
+    Looked up in a read-only transaction of its own, so it never holds the request's write lock."""
+    principal = None
+    if credentials is not None:
+        key = credentials.credentials
+        principal = await database.run(lambda s: auth_service.authenticate(s, key), readonly=True)
     if principal is None:
         raise ApiError(
             401,
@@ -62,6 +67,5 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
 RegistryDep = Annotated[TeacherRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

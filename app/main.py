@@ -8,13 +8,16 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from app import __version__
 from app.auth.service import ensure_first_key
-from app.database import Database
+from app.database import Database, is_transient_db_error
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
+from app.middleware import BodySizeLimit
 from app.records.api import router as records_router
 from app.settings import Settings, get_settings
 from app.teachers.api import router as teachers_router
@@ -22,6 +25,16 @@ from app.teachers.service import TeacherRegistry
 from app.worker.service import Worker
 
 log = logging.getLogger(__name__)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A lost connection or a lost race is the client's to retry (503); anything else is our bug (500)."""
+    if is_transient_db_error(exc):
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        detail = [{"loc": [], "msg": "the database is unavailable; retry shortly", "type": "unavailable"}]
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+    log.error("database error during %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": [{"loc": [], "msg": "internal error", "type": "internal"}]}, status_code=500)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Teacher top-k logprobs as knowledge-distillation datasets.",
         lifespan=lifespan,
     )
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+        upload_paths={"/v1/jobs/upload"},
+    )
+    app.add_exception_handler(DBAPIError, _database_error)
     app.include_router(health_router)
     app.include_router(teachers_router)
     app.include_router(jobs_router)

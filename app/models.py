@@ -153,6 +153,18 @@ class Result(Base):
     )
 
 
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key for job creation: pending while its request runs, then the job it made."""
+
+    __tablename__ = "idempotency_keys"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class JobProgress(Base):
     """Tokens stored per job per 10-second bucket, for the current tokens/s figure."""
 

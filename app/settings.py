@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     worker_shutdown_grace_s: float = Field(default=30.0, ge=0)
     worker_db_retry_s: float = Field(default=300.0, ge=0, description="How long a worker retries a unit of work.")
 
+    max_body_bytes: int = Field(default=32 << 20, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(default=4 << 30, ge=1024, description="Largest JSONL upload body.")
+    max_prompts_per_job: int = Field(default=1_000_000, ge=1)
+    max_prompt_chars: int = Field(default=200_000, ge=1, description="Per prompt: its text, or all message contents.")
+    max_messages_per_prompt: int = Field(default=256, ge=1)
+    max_metadata_bytes: int = Field(default=16_384, ge=2, description="Per prompt, as compact JSON.")
+    idempotency_pending_ttl_s: float = Field(default=600.0, gt=0, description="When a crashed request's key frees.")
+
     export_chunk_rows: int = Field(default=512, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
 

@@ -1,16 +1,31 @@
-"""Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel."""
+"""Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel, retry."""
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, UploadFile, status
+from fastapi import APIRouter, Form, Header, Query, Response, UploadFile, status
 from pydantic import Field
 
-from app.dependencies import PrincipalDep, RegistryDep, SessionDep, SettingsDep
+from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
 from app.jobs import service
 from app.jobs.schemas import GenerationParams, JobCreate, JobPage, JobRead
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Same key and body: the original job comes back. Same key, other body: 422. Racing: 409.",
+    ),
+]
+CREATE_RESPONSES: dict[int | str, dict[str, str]] = {
+    200: {"description": "An earlier request with the same Idempotency-Key created this job."},
+    409: {"description": "A request with the same Idempotency-Key is still running."},
+    413: {"description": "The request body is too large."},
+}
 
 
 class JobUploadForm(GenerationParams):
@@ -20,22 +35,61 @@ class JobUploadForm(GenerationParams):
     file: UploadFile = Field(description="JSONL, one prompt record per line.")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
-async def create_job(body: JobCreate, session: SessionDep, registry: RegistryDep, principal: PrincipalDep) -> JobRead:
-    job = await service.create_job(session, registry, body, principal.project_id)
-    return (await service.to_reads(session, [job]))[0]
+def _replayed(response: Response, replayed: bool) -> None:
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
 
 
-@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead, responses=CREATE_RESPONSES)
+async def create_job(
+    body: JobCreate,
+    response: Response,
+    database: DatabaseDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobRead:
+    job, replayed = await service.create_idempotently(
+        database,
+        settings,
+        principal.project_id,
+        idempotency_key,
+        service.request_digest(body.model_dump_json().encode()),
+        lambda session: service.create_job(session, registry, settings, body, principal.project_id),
+    )
+    _replayed(response, replayed)
+    return job
+
+
+@router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=JobRead, responses=CREATE_RESPONSES)
 async def upload_job(
     form: Annotated[JobUploadForm, Form()],
-    session: SessionDep,
+    response: Response,
+    database: DatabaseDep,
     registry: RegistryDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
     params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "file"}))
-    job = await service.create_job_from_upload(session, registry, form.teacher, params, form.file, principal.project_id)
-    return (await service.to_reads(session, [job]))[0]
+    digest = ""
+    if idempotency_key is not None:
+        fields = f"{form.teacher}\n{params.model_dump_json()}".encode()
+        digest = await service.upload_digest(form.file, fields)
+    job, replayed = await service.create_idempotently(
+        database,
+        settings,
+        principal.project_id,
+        idempotency_key,
+        digest,
+        lambda session: service.create_job_from_upload(
+            session, registry, settings, form.teacher, params, form.file, principal.project_id
+        ),
+    )
+    _replayed(response, replayed)
+    return job
 
 
 @router.get("", response_model=JobPage)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Item, Job, JobProgress, utcnow
+from app.database import dialect_insert
+from app.models import IdempotencyKey, Item, Job, JobProgress, utcnow
 
 PROGRESS_BUCKET_S = 10
 
@@ -27,13 +28,9 @@ async def insert_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(insert(Item), list(rows))
 
 
-async def get_job(
-    session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID, *, for_update: bool = False
-) -> Job | None:
+async def get_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job | None:
     """The job if it belongs to the project; another project's job is as good as missing."""
     stmt = select(Job).where(Job.id == job_id, Job.project_id == project_id)
-    if for_update:
-        stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -60,7 +57,7 @@ async def cancel_queued_items(session: AsyncSession, job_id: uuid.UUID) -> int:
 async def mark_job_cancelled(session: AsyncSession, job_id: uuid.UUID, cancelled: int) -> None:
     await session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
         .values(status="cancelled", cancelled_items=Job.cancelled_items + cancelled, finished_at=utcnow())
     )
 
@@ -94,3 +91,52 @@ async def requeue_failed_items(session: AsyncSession, job_id: uuid.UUID) -> int:
             .values(failed_items=Job.failed_items - requeued, status="running", finished_at=None)
         )
     return requeued
+
+
+async def insert_idempotency_key(
+    session: AsyncSession, project_id: uuid.UUID, key: str, request_hash: str, now: datetime
+) -> bool:
+    """Record the key as pending; False when the project already has it."""
+    result = await session.execute(
+        dialect_insert(session)(IdempotencyKey)
+        .values(project_id=project_id, key=key, request_hash=request_hash, created_at=now)
+        .on_conflict_do_nothing()
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def get_idempotency_key(session: AsyncSession, project_id: uuid.UUID, key: str) -> IdempotencyKey | None:
+    return await session.get(IdempotencyKey, (project_id, key))
+
+
+async def take_over_idempotency_key(
+    session: AsyncSession, project_id: uuid.UUID, key: str, now: datetime, stale_before: datetime
+) -> bool:
+    """Claim a pending key whose request died before finishing."""
+    result = await session.execute(
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.project_id == project_id,
+            IdempotencyKey.key == key,
+            IdempotencyKey.job_id.is_(None),
+            IdempotencyKey.created_at < stale_before,
+        )
+        .values(created_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def complete_idempotency_key(session: AsyncSession, project_id: uuid.UUID, key: str, job_id: uuid.UUID) -> None:
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.project_id == project_id, IdempotencyKey.key == key)
+        .values(job_id=job_id)
+    )
+
+
+async def delete_pending_idempotency_key(session: AsyncSession, project_id: uuid.UUID, key: str) -> None:
+    await session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.project_id == project_id, IdempotencyKey.key == key, IdempotencyKey.job_id.is_(None)
+        )
+    )

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import datetime
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.database import Database
 from app.errors import ApiError, not_found
 from app.jobs import repository
 from app.jobs.schemas import GenerationParams, JobCounts, JobCreate, JobPage, JobRead, PromptRecord
-from app.models import Job
+from app.models import Job, utcnow
+from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 
 INSERT_CHUNK = 1000
@@ -112,17 +115,47 @@ async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterabl
     return count
 
 
-async def create_job(session: AsyncSession, registry: TeacherRegistry, body: JobCreate, project_id: uuid.UUID) -> Job:
-    seen: dict[str, int] = {}
-    for index, record in enumerate(body.prompts):
+class RecordChecker:
+    """Per-record checks beyond the schema: the configured size limits and custom_id uniqueness.
+    Remembers only the custom_ids seen, never the records."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: dict[str, int | str] = {}
+        self.count = 0
+
+    def check(self, record: PromptRecord, where: int | str) -> tuple[list[str | int], str] | None:
+        """(location within the record, message) of the first problem, or None."""
+        limits = self.settings
+        self.count += 1
+        if self.count > limits.max_prompts_per_job:
+            return [], f"more than {limits.max_prompts_per_job} prompts in one job"
+        if record.prompt is not None and len(record.prompt) > limits.max_prompt_chars:
+            return ["prompt"], f"prompt longer than {limits.max_prompt_chars} characters"
+        if record.messages is not None:
+            if len(record.messages) > limits.max_messages_per_prompt:
+                return ["messages"], f"more than {limits.max_messages_per_prompt} messages"
+            if sum(len(m.content) for m in record.messages) > limits.max_prompt_chars:
+                return ["messages"], f"messages longer than {limits.max_prompt_chars} characters in all"
+        if record.metadata is not None and len(orjson.dumps(record.metadata)) > limits.max_metadata_bytes:
+            return ["metadata"], f"metadata larger than {limits.max_metadata_bytes} bytes as JSON"
         if record.custom_id is not None:
-            if record.custom_id in seen:
-                raise ApiError(
-                    422,
-                    f"custom_id {record.custom_id!r} repeats prompts[{seen[record.custom_id]}]",
-                    loc=["body", "prompts", index, "custom_id"],
-                )
-            seen[record.custom_id] = index
+            if record.custom_id in self.seen:
+                return ["custom_id"], f"custom_id {record.custom_id!r} repeats {self.seen[record.custom_id]}"
+            self.seen[record.custom_id] = where
+        return None
+
+
+async def create_job(
+    session: AsyncSession, registry: TeacherRegistry, settings: Settings, body: JobCreate, project_id: uuid.UUID
+) -> Job:
+    if len(body.prompts) > settings.max_prompts_per_job:
+        raise ApiError(422, f"more than {settings.max_prompts_per_job} prompts in one job", loc=["body", "prompts"])
+    checker = RecordChecker(settings)
+    for index, record in enumerate(body.prompts):
+        problem = checker.check(record, f"prompts[{index}]")
+        if problem is not None:
+            raise ApiError(422, problem[1], loc=["body", "prompts", index, *problem[0]])
     info = await teacher_info_for(registry, body.teacher, body.params)
     job = await repository.insert_job(session, _new_job(project_id, body.teacher, body.params, info))
     job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
@@ -148,18 +181,17 @@ def _parse_line(line: bytes) -> PromptRecord:
     return PromptRecord.model_validate_json(line)
 
 
-def _line_error(lineno: int, exc: Exception) -> dict[str, Any]:
-    if isinstance(exc, ValidationError):
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        msg = f"line {lineno}: {field + ': ' if field else ''}{first['msg']}"
-        return {"loc": ["body", "file", "line", lineno, *first["loc"]], "msg": msg, "type": first["type"]}
-    return {"loc": ["body", "file", "line", lineno], "msg": f"line {lineno}: {exc}", "type": "invalid"}
+def _line_error(lineno: int, exc: ValidationError) -> dict[str, Any]:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"])
+    msg = f"line {lineno}: {field + ': ' if field else ''}{first['msg']}"
+    return {"loc": ["body", "file", "line", lineno, *first["loc"]], "msg": msg, "type": first["type"]}
 
 
 async def create_job_from_upload(
     session: AsyncSession,
     registry: TeacherRegistry,
+    settings: Settings,
     teacher: str,
     params: GenerationParams,
     upload: AsyncReadable,
@@ -169,32 +201,38 @@ async def create_job_from_upload(
     info = await teacher_info_for(registry, teacher, params)
     errors: list[dict[str, Any]] = []
     bad = 0
-    seen: dict[str, int] = {}
-    valid = 0
+    checker = RecordChecker(settings)
     async for lineno, line in iter_lines(upload):
         if not line.strip():
             continue
         try:
             record = _parse_line(line)
-            if record.custom_id is not None:
-                if record.custom_id in seen:
-                    raise ValueError(f"custom_id {record.custom_id!r} repeats line {seen[record.custom_id]}")
-                seen[record.custom_id] = lineno
-            valid += 1
-        except (ValidationError, ValueError) as exc:
+        except ValidationError as exc:
+            problem: dict[str, Any] | None = _line_error(lineno, exc)
+        else:
+            found = checker.check(record, f"line {lineno}")
+            problem = (
+                None
+                if found is None
+                else {
+                    "loc": ["body", "file", "line", lineno, *found[0]],
+                    "msg": f"line {lineno}: {found[1]}",
+                    "type": "invalid",
+                }
+            )
+        if problem is not None:
             bad += 1
             if len(errors) < MAX_REPORTED_LINE_ERRORS:
-                errors.append(_line_error(lineno, exc))
+                errors.append(problem)
     if bad:
         if bad > len(errors):
             errors.append({"loc": ["body", "file"], "msg": f"{bad} bad lines in all", "type": "invalid"})
         raise ApiError(422, "invalid lines", details=errors)
-    if valid == 0:
+    if checker.count == 0:
         raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
-    seen.clear()
+    checker.seen.clear()
     await upload.seek(0)
     job = await repository.insert_job(session, _new_job(project_id, teacher, params, info))
-
     job.total_items = await _insert_records(session, job, _records_of(upload))
     await session.flush()
     return job
@@ -219,9 +257,8 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUI
 
 
 async def cancel_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
-    job = await repository.get_job(session, job_id, project_id, for_update=True)
-    if job is None:
-        raise not_found("job", ["path", "job_id"])
+    """Items first, then the job row: the order workers lock them in, so the two never deadlock."""
+    job = await get_job(session, job_id, project_id)
     if job.status in ("queued", "running"):
         cancelled = await repository.cancel_queued_items(session, job_id)
         await repository.mark_job_cancelled(session, job_id, cancelled)
@@ -231,9 +268,7 @@ async def cancel_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.
 
 async def retry_failed(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
     """Re-queue a job's failed items. A cancelled job stays cancelled: 409."""
-    job = await repository.get_job(session, job_id, project_id, for_update=True)
-    if job is None:
-        raise not_found("job", ["path", "job_id"])
+    job = await get_job(session, job_id, project_id)
     if job.status == "cancelled":
         raise ApiError(
             409, "the job is cancelled; its items are not dispatched again", loc=["path", "job_id"], type="conflict"
@@ -297,3 +332,79 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(job_id)
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from exc
+
+
+IDEMPOTENCY_LOC: list[str | int] = ["header", "idempotency-key"]
+
+
+async def claim_idempotency_key(
+    database: Database, settings: Settings, project_id: uuid.UUID, key: str, request_hash: str
+) -> uuid.UUID | None:
+    """Take the key for this request (committed at once, so a racing request sees it). Returns the job
+    an earlier identical request created, or None when this request is to create it. 422 when the key
+    was used with a different request; 409 while another request with it is still running."""
+
+    async def work(session: AsyncSession) -> uuid.UUID | None:
+        now = utcnow()
+        if await repository.insert_idempotency_key(session, project_id, key, request_hash, now):
+            return None
+        row = await repository.get_idempotency_key(session, project_id, key)
+        if row is not None and row.request_hash != request_hash:
+            raise ApiError(422, "this Idempotency-Key was used with a different request", loc=IDEMPOTENCY_LOC)
+        if row is not None and row.job_id is not None:
+            return row.job_id
+        stale_before = now - timedelta(seconds=settings.idempotency_pending_ttl_s)
+        if row is not None and await repository.take_over_idempotency_key(session, project_id, key, now, stale_before):
+            return None
+        raise ApiError(409, "a request with this Idempotency-Key is in progress", loc=IDEMPOTENCY_LOC, type="conflict")
+
+    return await database.run(work)
+
+
+async def create_idempotently(
+    database: Database,
+    settings: Settings,
+    project_id: uuid.UUID,
+    idempotency_key: str | None,
+    request_hash: str,
+    create: Callable[[AsyncSession], Awaitable[Job]],
+) -> tuple[JobRead, bool]:
+    """Run `create` in its own transaction, at most once per Idempotency-Key. Returns (job, replayed)."""
+    if idempotency_key is not None:
+        original = await claim_idempotency_key(database, settings, project_id, idempotency_key, request_hash)
+        if original is not None:
+
+            async def replay(session: AsyncSession) -> JobRead:
+                return (await to_reads(session, [await get_job(session, original, project_id)]))[0]
+
+            return await database.run(replay, readonly=True), True
+
+    async def work(session: AsyncSession) -> JobRead:
+        job = await create(session)
+        if idempotency_key is not None:
+            await repository.complete_idempotency_key(session, project_id, idempotency_key, job.id)
+        return (await to_reads(session, [job]))[0]
+
+    try:
+        return await database.run(work), False
+    except BaseException:
+        if idempotency_key is not None:
+            await database.run(lambda s: repository.delete_pending_idempotency_key(s, project_id, idempotency_key))
+        raise
+
+
+def request_digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+async def upload_digest(upload: AsyncReadable, form: bytes) -> str:
+    """A hash of the form fields and the whole file, read in chunks; the file is rewound afterwards."""
+    digest = hashlib.sha256(form)
+    while chunk := await upload.read(1 << 20):
+        digest.update(chunk)
+    await upload.seek(0)
+    return digest.hexdigest()

@@ -38,6 +38,12 @@ Reduction = Literal["mean", "sum", "none"]
 TAILS: tuple[Tail, ...] = ("bucket", "renormalize")
 
 
+def _select(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """values[rows] for a boolean mask over the leading axes, via index_select (its backward is much cheaper)."""
+    flat = values.reshape(rows.numel(), *values.shape[rows.dim() :])
+    return flat.index_select(0, rows.reshape(-1).nonzero().squeeze(1))
+
+
 def _safe_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
     """KL over the last axis; outcomes the teacher gives zero mass (-inf) add nothing and carry no gradient."""
     present = torch.isfinite(teacher_logp)
@@ -56,7 +62,9 @@ def _bucket_logprobs(
     log_z = logits.logsumexp(-1, keepdim=True)
     student_top = (logits.gather(-1, safe_ids) - log_z).masked_fill(~valid, neg_inf)
     # Which vocabulary entries are among the present top-k ids (scatter_add: missing slots add 0, no races).
-    counts = torch.zeros(logits.shape, dtype=torch.int64, device=logits.device).scatter_add_(-1, safe_ids, valid.to(torch.int64))
+    counts = torch.zeros(logits.shape, dtype=torch.int64, device=logits.device).scatter_add_(
+        -1, safe_ids, valid.to(torch.int64)
+    )
     student_tail = logits.masked_fill(counts > 0, neg_inf).logsumexp(-1, keepdim=True) - log_z
     student = torch.cat([student_top, student_tail], -1)
 
@@ -86,7 +94,8 @@ def _positionwise_kl(
     teacher = topk_logprobs.to(student_logits.dtype)
     valid = (topk_ids >= 0) & torch.isfinite(teacher)
     rows = topk_mask.to(torch.bool) & valid.any(-1)
-    logits, ids, teacher, valid = student_logits[rows], topk_ids[rows], teacher[rows], valid[rows]
+    logits, ids = _select(student_logits, rows), _select(topk_ids, rows)
+    teacher, valid = _select(teacher, rows), _select(valid, rows)
     if tail == "bucket":
         teacher_b, student_b = _bucket_logprobs(logits, ids, teacher, valid)
         if temperature != 1.0:
@@ -127,7 +136,7 @@ def kl_to_teacher(
 def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor, *, reduction: Reduction = "mean") -> torch.Tensor:
     """Cross-entropy of the student on the (pre-shifted) labels, over positions whose label is not -100."""
     rows = labels != IGNORE_INDEX
-    values = F.cross_entropy(student_logits[rows], labels[rows], reduction="none")
+    values = F.cross_entropy(_select(student_logits, rows), _select(labels, rows), reduction="none")
     return _reduce(values, reduction, student_logits)
 
 
@@ -153,9 +162,7 @@ def kd_loss(
         raise ValueError("alpha must be in [0, 1]")
     total = student_logits.new_zeros(())
     if alpha > 0.0:
-        kl = _positionwise_kl(
-            student_logits, topk_ids, topk_logprobs, topk_mask, temperature=temperature, tail=tail
-        )
+        kl = _positionwise_kl(student_logits, topk_ids, topk_logprobs, topk_mask, temperature=temperature, tail=tail)
         total = total + alpha * temperature**2 * _reduce(kl, "mean", student_logits)
     if alpha < 1.0:
         total = total + (1.0 - alpha) * cross_entropy(student_logits, labels)

@@ -429,6 +429,10 @@ def ensure_tiny_teacher(cache_dir: Path, seed: int = 0, *, progress: ProgressCal
         try:
             if is_complete(target):
                 return target
+            # Leftovers of killed builds; safe to remove while holding the lock.
+            for kind in ("tmp", "old"):
+                for stale in target.parent.glob(f".{target.name}.{kind}-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
             build_tiny_teacher(target, seed=seed, progress=progress, overwrite=target.exists())
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -9,16 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.database import dialect_insert
 from app.models import Item, Job, JobProgress, Result
 from app.worker.schemas import ClaimedItem, JobSpec
-
-
-def _insert_for(session: AsyncSession) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
@@ -105,8 +100,7 @@ async def insert_results(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     """One multi-row insert; a (item, sample) already stored is left as it is."""
     if not rows:
         return
-    insert = _insert_for(session)
-    stmt = insert(Result).on_conflict_do_nothing(index_elements=["item_id", "sample_index"])
+    stmt = dialect_insert(session)(Result).on_conflict_do_nothing(index_elements=["item_id", "sample_index"])
     await session.execute(stmt, list(rows))
 
 
@@ -154,8 +148,7 @@ async def add_job_progress(
         )
     progress = [{"job_id": j, "bucket": bucket, "tokens": t} for j, t in tokens.items() if t]
     if progress:
-        insert = _insert_for(session)
-        stmt = insert(JobProgress)
+        stmt = dialect_insert(session)(JobProgress)
         stmt = stmt.on_conflict_do_update(
             index_elements=["job_id", "bucket"], set_={"tokens": JobProgress.tokens + stmt.excluded.tokens}
         )
