@@ -47,7 +47,7 @@ async def claim_items(
         update(Item)
         .where(Item.id.in_(ids), Item.status == "queued")
         .values(status="leased", lease_owner=owner, lease_expires_at=lease_until, attempts=Item.attempts + 1)
-        .returning(Item.id, Item.job_id, Item.prompt, Item.messages, Item.attempts)
+        .returning(Item.id, Item.job_id, Item.seq, Item.prompt, Item.messages, Item.attempts)
         .execution_options(synchronize_session=False)
     )
     claimed = [ClaimedItem(*row) for row in rows.all()]

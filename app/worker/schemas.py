@@ -13,6 +13,7 @@ from app.teachers.parsing import ParsedCompletion
 class ClaimedItem:
     id: int
     job_id: uuid.UUID
+    seq: int
     prompt: str | None
     messages: list[dict[str, Any]] | None
     attempts: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -40,12 +41,22 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def completions_body(model: str, spec: JobSpec, prompts: Sequence[str]) -> dict[str, Any]:
+def item_seed(job_seed: int, seq: int) -> int:
+    """Each prompt's own seed, derived from the job's seed and the prompt's position.
+
+    vLLM applies one request's seed to every prompt in it, and equal seeds draw nearly the same random
+    numbers, so unrelated prompts would be sampled in lockstep. A derived seed per prompt keeps them
+    independent and still reproducible."""
+    digest = hashlib.sha256(f"{job_seed}:{seq}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def completions_body(model: str, spec: JobSpec, prompts: Sequence[str], *, seed: int | None = None) -> dict[str, Any]:
     """A /v1/completions request for a list of prompts, asking for k logprobs keyed by token id."""
     return {
         "model": model,
         "prompt": list(prompts),
-        **_sampling(spec),
+        **_sampling(spec, seed),
         "logprobs": spec.k,
         "return_tokens_as_token_ids": True,
         "return_token_ids": True,
@@ -61,11 +72,11 @@ def chat_top_logprobs(spec: JobSpec) -> int:
     return spec.k
 
 
-def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]]) -> dict[str, Any]:
+def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]], *, seed: int | None = None) -> dict[str, Any]:
     return {
         "model": model,
         "messages": messages,
-        **_sampling(spec),
+        **_sampling(spec, seed),
         "logprobs": True,
         "top_logprobs": chat_top_logprobs(spec),
         "return_tokens_as_token_ids": True,
@@ -73,7 +84,7 @@ def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]]) -> dict
     }
 
 
-def _sampling(spec: JobSpec) -> dict[str, Any]:
+def _sampling(spec: JobSpec, seed: int | None) -> dict[str, Any]:
     p = spec.params
     body: dict[str, Any] = {
         "max_tokens": p["max_tokens"],
@@ -83,8 +94,8 @@ def _sampling(spec: JobSpec) -> dict[str, Any]:
     }
     if p.get("stop"):
         body["stop"] = p["stop"]
-    if p.get("seed") is not None:
-        body["seed"] = p["seed"]
+    if seed is not None:
+        body["seed"] = seed
     return body
 
 
@@ -182,8 +193,14 @@ class TeacherDispatcher:
             self.worker.inflight.difference_update(ids)
 
     async def _run_completions(self, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
-        """One request for the whole list; a 400 splits it in halves to find the prompt at fault."""
-        body = completions_body(self.config.model, spec, [i.prompt or "" for i in items])
+        """One request for the whole list; a 400 splits it in halves to find the prompt at fault. A seeded
+        job sends one request per prompt (concurrently), each with its own derived seed."""
+        job_seed = spec.params.get("seed")
+        if job_seed is not None and len(items) > 1:
+            parts = await asyncio.gather(*(self._run_completions(spec, [item]) for item in items))
+            return [outcome for part in parts for outcome in part]
+        seed = None if job_seed is None else item_seed(job_seed, items[0].seq)
+        body = completions_body(self.config.model, spec, [i.prompt or "" for i in items], seed=seed)
         try:
             raw = await self.client.completions(body)
             parsed = parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k)
@@ -208,7 +225,9 @@ class TeacherDispatcher:
         return outcomes
 
     async def _run_chat(self, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
-        body = chat_body(self.config.model, spec, item.messages or [])
+        job_seed = spec.params.get("seed")
+        seed = None if job_seed is None else item_seed(job_seed, item.seq)
+        body = chat_body(self.config.model, spec, item.messages or [], seed=seed)
         try:
             raw = await self.client.chat_completions(body)
             parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))

@@ -240,3 +240,13 @@ def test_teachers_and_health(api: httpx.Client) -> None:
     assert teachers[0]["served_model"] == "tiny" and teachers[0]["vllm_version"]
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").status_code == 200
+
+
+def test_a_seeded_job_reproduces_sample_for_sample(api: httpx.Client) -> None:
+    """Each prompt gets its own seed derived from the job's, so a rerun gives the same samples."""
+    runs = []
+    for _ in range(2):
+        job = wait_done(api, submit(api, RAW + CHAT[:1], max_tokens=10, temperature=1.0, top_logprobs=3, seed=11)["id"])
+        runs.append([r["token_ids"] for r in all_records(api, job["id"])])
+    assert runs[0] == runs[1]
+    assert len({tuple(t) for t in runs[0]}) == len(runs[0])
