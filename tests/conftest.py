@@ -98,7 +98,11 @@ def service(
     """The service with its embedded worker, once on SQLite and once on Postgres."""
     backend = request.param
     data_dir = tmp_path_factory.mktemp(f"service-{backend}")
-    database_url = request.getfixturevalue("postgres_url") if backend == "postgres" else ""
+    database_url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgres"
+        else f"sqlite+aiosqlite:///{data_dir / 'distillery.db'}"
+    )
     process = ServiceProcess(
         data_dir=data_dir,
         teachers=teacher_settings(teacher, batch_size=32, max_inflight=4),
