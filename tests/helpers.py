@@ -54,3 +54,46 @@ def job_count(api: httpx.Client) -> int:
         cursor = body["next_cursor"]
         if not cursor:
             return count
+
+
+def result_stats(database_url: str, job_id: str) -> dict[str, int]:
+    """Counts straight from the database: results, duplicates, items by status, most attempts."""
+    import asyncio
+    import uuid
+
+    from sqlalchemy import func, select
+
+    from app.database import Database
+    from app.models import Item, Result
+
+    async def read() -> dict[str, int]:
+        db = Database(database_url)
+        try:
+            async with db.transaction(readonly=True) as s:
+                jid = uuid.UUID(job_id)
+                results = await s.scalar(select(func.count()).select_from(Result).where(Result.job_id == jid))
+                per_sample = (
+                    select(func.count().label("c"))
+                    .where(Result.job_id == jid)
+                    .group_by(Result.item_id, Result.sample_index)
+                    .subquery()
+                )
+                duplicates = await s.scalar(select(func.count()).select_from(per_sample).where(per_sample.c.c > 1))
+                statuses: dict[str, int] = dict(
+                    (
+                        await s.execute(
+                            select(Item.status, func.count()).where(Item.job_id == jid).group_by(Item.status)
+                        )
+                    ).all()
+                )
+                attempts = await s.scalar(select(func.max(Item.attempts)).where(Item.job_id == jid))
+        finally:
+            await db.dispose()
+        return {
+            "results": int(results or 0),
+            "duplicates": int(duplicates or 0),
+            "max_attempts": int(attempts or 0),
+            **{f"items_{k}": int(v) for k, v in statuses.items()},
+        }
+
+    return asyncio.run(read())

@@ -1,0 +1,120 @@
+"""FaultProxy: a tiny HTTP proxy in front of the real vLLM server that counts what is sent and injects faults.
+
+The real teacher still answers every request that is let through; the proxy only adds what a test asks
+for: a delay, a 500, a 429, a timeout, a truncated (broken) JSON body, or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from app.tiny_teacher.serve import free_port
+
+FAULTS = ("500", "429", "timeout", "broken_json", "drop")
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sent: Counter[str] = Counter()  # prompt (or chat messages as JSON) -> times forwarded
+        self.requests = 0
+        self.faults: list[str] = []  # consumed one per generation request, in order
+        self.fault_every: str | None = None  # applied to every generation request while set
+        self.delay_s = 0.0
+        self.timeout_s = 30.0
+        self.in_flight = 0
+        self.response_sent = threading.Event()
+        self._lock = threading.Lock()
+        app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self.faults:
+                return self.faults.pop(0)
+            return self.fault_every
+
+    async def _handle(self, request: Request) -> Response:
+        body = await request.body()
+        generation = request.method == "POST" and request.url.path in ("/v1/completions", "/v1/chat/completions")
+        fault = self._next_fault() if generation else None
+        if generation:
+            payload = orjson.loads(body)
+            prompts = payload.get("prompt")
+            keys = (
+                [orjson.dumps(payload["messages"]).decode()]
+                if "messages" in payload
+                else (prompts if isinstance(prompts, list) else [prompts])
+            )
+            with self._lock:
+                self.requests += 1
+                self.sent.update(str(k) for k in keys)
+        if fault == "500":
+            return Response(b'{"error": {"message": "injected", "code": 500}}', status_code=500)
+        if fault == "429":
+            return Response(b'{"error": {"message": "slow down", "code": 429}}', status_code=429)
+        if fault == "timeout":
+            await asyncio.sleep(self.timeout_s)
+            return Response(b"{}", status_code=504)
+        self.in_flight += 1
+        try:
+            async with httpx.AsyncClient(base_url=self.upstream, timeout=600) as client:
+                upstream = await client.request(
+                    request.method,
+                    request.url.path,
+                    content=body,
+                    headers={"content-type": request.headers.get("content-type", "application/json")},
+                )
+            if self.delay_s and generation:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
+        content = upstream.content
+        if fault == "broken_json":
+            content = content[: len(content) // 2]
+        if fault == "drop":
+            return _Dropped(len(content))  # type: ignore[return-value]
+        response = Response(content, status_code=upstream.status_code, media_type="application/json")
+        if generation:
+            self.response_sent.set()
+        return response
+
+
+class _Dropped:
+    """Announces a body, sends half of nothing, and closes: the client sees a broken connection."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[Any] = [(b"content-length", str(self.length).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"choi', "more_body": True})
+        raise ConnectionResetError("injected drop")
