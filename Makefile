@@ -23,6 +23,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+bench-smoke: setup
+	$(PY) -m pytest tests/bench -q
+
 lint: setup
 	$(VENV)/bin/ruff check app tests bench migrations
 	$(VENV)/bin/ruff format --check app tests bench migrations

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 from app.api_client import DistilleryClient
 from app.service_process import ServiceProcess
-from bench.common import fresh_postgres, prompt_set, summary, tiny_teacher, write_result
-
-TABLES = ("jobs", "items", "results", "job_progress")
+from bench.common import fresh_postgres, prompt_set, ready_service, relation_sizes, summary, tiny_teacher, write_result
 
 
 async def direct(
@@ -69,14 +68,14 @@ def through_service(
     return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "job_id": job["id"]}
 
 
-async def bytes_on_disk(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-    try:
-        await conn.execute("VACUUM ANALYZE")
-        sizes = [await conn.fetchval("SELECT pg_total_relation_size($1)", t) for t in TABLES]
-    finally:
-        await conn.close()
-    return int(sum(sizes))
+@contextlib.contextmanager
+def _teacher(url: str | None, log_dir: Path) -> Iterator[str]:
+    """The given server's URL, or a tiny teacher started for the run."""
+    if url:
+        yield url
+        return
+    with tiny_teacher(log_dir) as started:
+        yield started
 
 
 def main() -> None:
@@ -87,13 +86,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--inflight", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--teacher-url", help="use this running tiny-teacher vLLM server instead of starting one")
     parser.add_argument("--name", default="saturation")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/<name>.json")
     args = parser.parse_args()
     prompts = prompt_set(args.prompts)
     direct_runs: list[dict[str, Any]] = []
     service_runs: list[dict[str, Any]] = []
     storage: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, tiny_teacher(Path(tmp)) as teacher_url:
+    with tempfile.TemporaryDirectory() as tmp, _teacher(args.teacher_url, Path(tmp)) as teacher_url:
         teachers = [
             {
                 "name": "tiny",
@@ -126,13 +127,12 @@ def main() -> None:
                     extra_env={"DISTILLERY_WORKER_POLL_S": "0.05"},
                 ) as service,
             ):
-                api_key = service.create_key("bench")
-                service.wait_ready(api_key)
+                api_key = ready_service(service)
                 result = through_service(
                     service.url, api_key, prompts, max_tokens=args.max_tokens, k=args.k, workdir=Path(tmp)
                 )
                 service_runs.append(result)
-                storage.append(asyncio.run(bytes_on_disk(db_url)) / result["tokens"])
+                storage.append(sum(r["total"] for r in relation_sizes(db_url).values()) / result["tokens"])
             print(
                 f"run {run}: direct {direct_runs[-1]['tokens_per_s']:.0f} tok/s, "
                 f"distillery {result['tokens_per_s']:.0f} tok/s, {storage[-1]:.1f} B/token",
@@ -140,14 +140,14 @@ def main() -> None:
             )
     ratios = [s["tokens_per_s"] / d["tokens_per_s"] for s, d in zip(service_runs, direct_runs, strict=True)]
     figures = {
-        "params": vars(args),
+        "params": {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()},
         "direct_tokens_per_s": summary([d["tokens_per_s"] for d in direct_runs]),
         "distillery_tokens_per_s": summary([s["tokens_per_s"] for s in service_runs]),
         "ratio": summary(ratios),
         "postgres_bytes_per_token": summary(storage),
         "runs": {"direct": direct_runs, "distillery": service_runs},
     }
-    path = write_result(args.name, figures)
+    path = write_result(args.name, figures, out=args.out)
     r, b = figures["ratio"], figures["postgres_bytes_per_token"]
     print(
         f"saturation: ratio median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}); "
