@@ -1,8 +1,11 @@
-"""TopKCodec: packs one completion's token ids and top-k logprobs into four little-endian byte strings.
+"""Top-k codecs: pack one completion's token ids and top-k logprobs into four little-endian byte strings.
 
-Format version 1: sampled token ids int32 [T], sampled logprobs float16 [T], top-k ids int32 [T, k]
-(row-major, sorted by logprob descending) and top-k logprobs float16 [T, k]. A slot the teacher did not
-report holds id -1 and logprob -inf. New formats get a new version number beside this one.
+Format version 1 (TopKCodec): sampled token ids int32 [T], sampled logprobs float16 [T], top-k ids int32
+[T, k] (row-major, sorted by logprob descending) and top-k logprobs float16 [T, k]: 126 B/token at k = 20.
+Format version 2 (TopKCodecV2): the same with ids as 3-byte unsigned integers (vocabularies below 2^24 - 1
+ids, which is every current LLM's), 105 B/token at k = 20; logprobs are unchanged, so v2 loses nothing.
+A slot the teacher did not report holds id -1 and logprob -inf. Each stored row records its version;
+`encode_topk` picks the smallest codec that holds the ids, and `codec_for` reads any version.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class PackedTopK:
 
 
 class TopKCodec:
-    """Version 1: int32 ids and float16 logprobs, 126 bytes per token at k = 20."""
+    """Version 1: int32 ids and float16 logprobs, 126 bytes per token at k = 20; reads back as views."""
 
     version = 1
     _id_dtype = np.dtype("<i4")
@@ -83,16 +86,74 @@ class TopKCodec:
             topk_logprobs=np.frombuffer(packed.topk_logprobs, self._lp_dtype).reshape(t, k),
         )
 
-    def pack_ids(self, ids: list[int]) -> bytes:
-        """A plain id list (a prompt's token ids) as int32 bytes."""
-        return np.asarray(ids, dtype=self._id_dtype).tobytes()
-
-    def unpack_ids(self, blob: bytes) -> IdArray:
-        return np.frombuffer(blob, self._id_dtype)
+    def fits(self, arrays: TopKArrays) -> bool:
+        """Whether this codec can hold the arrays' ids."""
+        return True
 
 
-CODECS: dict[int, TopKCodec] = {TopKCodec.version: TopKCodec()}
-DEFAULT_CODEC = CODECS[TopKCodec.version]
+class TopKCodecV2(TopKCodec):
+    """Version 2: ids as 3-byte little-endian unsigned integers (missing = 0xFFFFFF), float16 logprobs."""
+
+    version = 2
+    _missing = 0xFFFFFF
+
+    def fits(self, arrays: TopKArrays) -> bool:
+        ids = (arrays.token_ids, arrays.topk_ids)
+        return all(a.size == 0 or (int(a.max()) < self._missing and int(a.min()) >= MISSING_ID) for a in ids)
+
+    def encode(self, arrays: TopKArrays) -> PackedTopK:
+        wide = super().encode(arrays)
+        return PackedTopK(
+            codec=self.version,
+            num_tokens=wide.num_tokens,
+            k=wide.k,
+            token_ids=_to_u24(arrays.token_ids),
+            token_logprobs=wide.token_logprobs,
+            topk_ids=_to_u24(arrays.topk_ids),
+            topk_logprobs=wide.topk_logprobs,
+        )
+
+    def decode(self, packed: PackedTopK) -> TopKArrays:
+        t, k = packed.num_tokens, packed.k
+        return TopKArrays(
+            token_ids=_from_u24(packed.token_ids).reshape(t),
+            token_logprobs=np.frombuffer(packed.token_logprobs, self._lp_dtype).reshape(t),
+            topk_ids=_from_u24(packed.topk_ids).reshape(t, k),
+            topk_logprobs=np.frombuffer(packed.topk_logprobs, self._lp_dtype).reshape(t, k),
+        )
+
+
+def _to_u24(ids: IdArray) -> bytes:
+    wide = (ids.astype("<i4", copy=False).reshape(-1) & 0xFFFFFF).astype("<u4")
+    return wide.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+
+
+def _from_u24(blob: bytes) -> IdArray:
+    three = np.frombuffer(blob, np.uint8).reshape(-1, 3)
+    wide = np.zeros((three.shape[0], 4), np.uint8)
+    wide[:, :3] = three
+    ids = wide.view("<u4").reshape(-1).astype(np.int32)
+    ids[ids == TopKCodecV2._missing] = MISSING_ID
+    return ids
+
+
+def pack_ids(ids: list[int]) -> bytes:
+    """A plain id list (a prompt's token ids) as int32 bytes."""
+    return np.asarray(ids, dtype="<i4").tobytes()
+
+
+def unpack_ids(blob: bytes) -> IdArray:
+    return np.frombuffer(blob, "<i4")
+
+
+CODECS: dict[int, TopKCodec] = {TopKCodec.version: TopKCodec(), TopKCodecV2.version: TopKCodecV2()}
+DEFAULT_CODEC = CODECS[TopKCodecV2.version]
+
+
+def encode_topk(arrays: TopKArrays) -> PackedTopK:
+    """Pack with the default codec, or with version 1 when an id does not fit in 3 bytes."""
+    codec = DEFAULT_CODEC if DEFAULT_CODEC.fits(arrays) else CODECS[TopKCodec.version]
+    return codec.encode(arrays)
 
 
 def codec_for(version: int) -> TopKCodec:

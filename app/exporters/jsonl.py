@@ -13,9 +13,10 @@ class JsonlExporter:
     media_type = "application/x-ndjson"
     extension = "jsonl"
 
-    def __init__(self, *, k: int, teacher: str, lineage: dict[str, Any]) -> None:
+    def __init__(self, *, k: int, teacher: str, lineage: dict[str, Any], fingerprint: str | None = None) -> None:
         self.k = k
         self.teacher = teacher
+        self.fingerprint = fingerprint
         self.lineage = lineage
 
     def row(self, r: ExportRow) -> dict[str, Any]:
@@ -23,6 +24,7 @@ class JsonlExporter:
         return {
             "job_id": str(r.job_id),
             "teacher": self.teacher,
+            "tokenizer_fingerprint": self.fingerprint,
             "item_id": r.item_id,
             "seq": r.seq,
             "custom_id": r.custom_id,

@@ -2,7 +2,8 @@
 
 Top-k columns are list<fixed_size_list<k>>: int32 ids and float16 logprobs exactly as stored, with
 BYTE_STREAM_SPLIT on those leaves. Lineage (job, teacher identity, params, codec) goes in the file's
-key-value metadata under b"distillery"; job_id and teacher are also columns on every row.
+key-value metadata under b"distillery"; job_id, item_id, custom_id, teacher and the teacher's tokenizer
+fingerprint are also columns on every row.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def parquet_schema(k: int, lineage: dict[str, Any]) -> pa.Schema:
     fields = [
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("teacher", pa.string(), nullable=False),
+        pa.field("tokenizer_fingerprint", pa.string()),
         pa.field("item_id", pa.int64(), nullable=False),
         pa.field("seq", pa.int64(), nullable=False),
         pa.field("custom_id", pa.string()),
@@ -73,9 +75,18 @@ class ParquetExporter:
     media_type = "application/vnd.apache.parquet"
     extension = "parquet"
 
-    def __init__(self, *, k: int, teacher: str, lineage: dict[str, Any], compression_level: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        k: int,
+        teacher: str,
+        lineage: dict[str, Any],
+        fingerprint: str | None = None,
+        compression_level: int = 3,
+    ) -> None:
         self.k = k
         self.teacher = teacher
+        self.fingerprint = fingerprint
         self.schema = parquet_schema(k, lineage)
         self._sink = _Sink()
         self._writer = pq.ParquetWriter(
@@ -83,7 +94,7 @@ class ParquetExporter:
             self.schema,
             compression="zstd",
             compression_level=compression_level,
-            use_dictionary=["job_id", "teacher", "finish_reason"],
+            use_dictionary=["job_id", "teacher", "tokenizer_fingerprint", "finish_reason"],
             column_encoding={
                 "topk_ids.list.element.list.element": "BYTE_STREAM_SPLIT",
                 "topk_logprobs.list.element.list.element": "BYTE_STREAM_SPLIT",
@@ -109,6 +120,7 @@ class ParquetExporter:
         columns = [
             pa.array([str(r.job_id) for r in rows], pa.string()),
             pa.array([self.teacher] * len(rows), pa.string()),
+            pa.array([self.fingerprint] * len(rows), pa.string()),
             pa.array([r.item_id for r in rows], pa.int64()),
             pa.array([r.seq for r in rows], pa.int64()),
             pa.array([r.custom_id for r in rows], pa.string()),

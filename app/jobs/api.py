@@ -8,7 +8,7 @@ from pydantic import Field
 
 from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
 from app.jobs import service
-from app.jobs.schemas import GenerationParams, JobCreate, JobPage, JobRead
+from app.jobs.schemas import FailurePage, GenerationParams, JobCreate, JobPage, JobRead
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -122,3 +122,15 @@ async def retry_job(job_id: uuid.UUID, session: SessionDep, principal: Principal
     """Re-queue the job's failed items with fresh attempts."""
     job = await service.retry_failed(session, job_id, principal.project_id)
     return (await service.to_reads(session, [job]))[0]
+
+
+@router.get("/{job_id}/failures", response_model=FailurePage)
+async def list_failures(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    principal: PrincipalDep,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FailurePage:
+    """The job's failed prompts with the teacher's message for each (retry them with /retry)."""
+    return await service.list_failures(session, job_id, principal.project_id, cursor=cursor, limit=limit)

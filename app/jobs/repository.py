@@ -140,3 +140,10 @@ async def delete_pending_idempotency_key(session: AsyncSession, project_id: uuid
             IdempotencyKey.project_id == project_id, IdempotencyKey.key == key, IdempotencyKey.job_id.is_(None)
         )
     )
+
+
+async def failed_items(session: AsyncSession, job_id: uuid.UUID, *, after: int | None, limit: int) -> list[Item]:
+    stmt = select(Item).where(Item.job_id == job_id, Item.status == "failed").order_by(Item.id).limit(limit)
+    if after is not None:
+        stmt = stmt.where(Item.id > after)
+    return list((await session.execute(stmt)).scalars())

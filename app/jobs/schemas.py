@@ -93,3 +93,18 @@ class JobRead(BaseModel):
 class JobPage(BaseModel):
     jobs: list[JobRead]
     next_cursor: str | None = None
+
+
+class ItemFailure(BaseModel):
+    """A prompt that failed for good, with the teacher's own message."""
+
+    item_id: int
+    seq: int
+    custom_id: str | None
+    attempts: int
+    error: str | None
+
+
+class FailurePage(BaseModel):
+    failures: list[ItemFailure]
+    next_cursor: str | None = None

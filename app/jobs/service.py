@@ -17,7 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database import Database
 from app.errors import ApiError, not_found
 from app.jobs import repository
-from app.jobs.schemas import GenerationParams, JobCounts, JobCreate, JobPage, JobRead, PromptRecord
+from app.jobs.schemas import (
+    FailurePage,
+    GenerationParams,
+    ItemFailure,
+    JobCounts,
+    JobCreate,
+    JobPage,
+    JobRead,
+    PromptRecord,
+)
 from app.models import Job, utcnow
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
@@ -32,6 +41,8 @@ LINEAGE_FIELDS = (
     "max_logprobs",
     "vllm_version",
     "logprobs_mode",
+    "tokenizer_fingerprint",
+    "chat_template_fingerprint",
 )
 
 
@@ -276,6 +287,21 @@ async def retry_failed(session: AsyncSession, job_id: uuid.UUID, project_id: uui
     if await repository.requeue_failed_items(session, job_id):
         await session.refresh(job)
     return job
+
+
+async def list_failures(
+    session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID, *, cursor: str | None, limit: int
+) -> FailurePage:
+    await get_job(session, job_id, project_id)
+    try:
+        after = int(cursor) if cursor else None
+    except ValueError:
+        raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from None
+    items = await repository.failed_items(session, job_id, after=after, limit=limit)
+    failures = [
+        ItemFailure(item_id=i.id, seq=i.seq, custom_id=i.custom_id, attempts=i.attempts, error=i.error) for i in items
+    ]
+    return FailurePage(failures=failures, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
 def _bucket_now() -> int:

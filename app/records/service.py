@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.codecs.topk import PackedTopK, codec_for
+from app.codecs.topk import PackedTopK, codec_for, unpack_ids
 from app.database import Database
 from app.errors import ApiError
 from app.exporters.jsonl import JsonlExporter
@@ -37,7 +37,7 @@ def export_row(job_id: uuid.UUID, row: Row[Any]) -> ExportRow:
         metadata=row.metadata,
         text=row.text,
         finish_reason=row.finish_reason,
-        prompt_token_ids=None if row.prompt_token_ids is None else decoder.unpack_ids(row.prompt_token_ids),
+        prompt_token_ids=None if row.prompt_token_ids is None else unpack_ids(row.prompt_token_ids),
         arrays=decoder.decode(packed),
     )
 
@@ -93,9 +93,10 @@ def exporter_for(fmt: ExportFormat, job: Job) -> Exporter:
         "kind": job.kind,
         "created_at": job.created_at.isoformat(),
     }
+    fingerprint = job.teacher_info.get("tokenizer_fingerprint")
     if fmt is ExportFormat.parquet:
-        return ParquetExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage)
-    return JsonlExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage)
+        return ParquetExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage, fingerprint=fingerprint)
+    return JsonlExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage, fingerprint=fingerprint)
 
 
 async def stream_export(

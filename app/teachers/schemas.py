@@ -20,6 +20,10 @@ class TeacherRead(BaseModel):
     max_logprobs: int | None = Field(default=None, description="Largest top_logprobs k the server accepts.")
     vllm_version: str | None = None
     logprobs_mode: LogprobsMode = "unknown"
+    tokenizer_fingerprint: str | None = Field(
+        default=None, description="Hash of how the server tokenizes a fixed probe: equal means the same ids."
+    )
+    chat_template_fingerprint: str | None = Field(default=None, description="Hash of a fixed rendered conversation.")
     checked_at: datetime | None = None
     error: str | None = None
 

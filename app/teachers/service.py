@@ -12,6 +12,7 @@ import orjson
 
 from app.settings import Settings, TeacherConfig
 from app.teachers.client import TeacherClient, TeacherError
+from app.teachers.fingerprint import chat_template_fingerprint, tokenizer_fingerprint
 from app.teachers.parsing import token_id
 from app.teachers.schemas import LogprobsMode, TeacherRead
 
@@ -91,6 +92,8 @@ class TeacherRegistry:
             version = None
         max_logprobs = await self._probe_max_logprobs(client)
         mode = await self._probe_logprobs_mode(client)
+        tokenizer = await tokenizer_fingerprint(client)
+        chat_template = await chat_template_fingerprint(client)
         return TeacherRead(
             name=config.name,
             model=config.model,
@@ -101,6 +104,8 @@ class TeacherRegistry:
             max_logprobs=max_logprobs,
             vllm_version=version,
             logprobs_mode=mode,
+            tokenizer_fingerprint=tokenizer,
+            chat_template_fingerprint=chat_template,
             checked_at=now,
             error=None,
         )

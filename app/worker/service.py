@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.codecs.topk import DEFAULT_CODEC
+from app.codecs.topk import encode_topk, pack_ids
 from app.database import Database
 from app.jobs.repository import PROGRESS_BUCKET_S
 from app.models import utcnow
@@ -343,7 +343,6 @@ class Worker:
             await self.database.run(lambda s: self._store(s, outcomes), retry_for_s=self.settings.worker_db_retry_s)
 
     async def _store(self, session: AsyncSession, outcomes: list[ItemOutcome]) -> None:
-        codec = DEFAULT_CODEC
         now = utcnow()
         owned = await repository.owned_items(session, owner=self.id, item_ids=[o.item.id for o in outcomes])
         results: list[dict[str, Any]] = []
@@ -363,7 +362,7 @@ class Worker:
             finished.append(_finished_row(item.id, "done", prompt_token_ids=prompt_ids))
             done[item.job_id] += 1
             for completion in outcome.completions:
-                packed = codec.encode(completion.arrays)
+                packed = encode_topk(completion.arrays)
                 tokens[item.job_id] += packed.num_tokens
                 results.append(
                     {
@@ -409,7 +408,7 @@ def _finished_row(
 ) -> dict[str, Any]:
     packed = None
     if prompt_token_ids is not None:
-        packed = DEFAULT_CODEC.pack_ids(prompt_token_ids)
+        packed = pack_ids(prompt_token_ids)
     return {
         "id": item_id,
         "status": status,

@@ -1,9 +1,9 @@
-"""TopKCodec v1: exact round trip of ids, float16 logprobs, and the byte size per token."""
+"""Top-k codecs: exact round trip of ids, float16 logprobs, byte size per token, version choice."""
 
 import numpy as np
 import pytest
 
-from app.codecs.topk import DEFAULT_CODEC, MISSING_ID, TopKArrays, codec_for
+from app.codecs.topk import CODECS, DEFAULT_CODEC, MISSING_ID, TopKArrays, codec_for, encode_topk, pack_ids, unpack_ids
 
 
 def arrays(t: int, k: int, seed: int = 0) -> TopKArrays:
@@ -30,7 +30,9 @@ def test_round_trip_is_exact_for_ids_and_float16_for_logprobs() -> None:
 def test_bytes_per_token_at_k20() -> None:
     packed = DEFAULT_CODEC.encode(arrays(100, 20))
     total = len(packed.token_ids) + len(packed.token_logprobs) + len(packed.topk_ids) + len(packed.topk_logprobs)
-    assert total == 100 * (4 + 2 + 20 * 4 + 20 * 2)
+    assert total == 100 * (3 + 2 + 20 * 3 + 20 * 2)
+    v1 = CODECS[1].encode(arrays(100, 20))
+    assert sum(map(len, (v1.token_ids, v1.token_logprobs, v1.topk_ids, v1.topk_logprobs))) == 100 * 126
 
 
 def test_missing_slots_and_minus_inf_survive() -> None:
@@ -57,4 +59,22 @@ def test_shape_mismatch_and_unknown_version_are_refused() -> None:
 
 def test_prompt_ids_pack() -> None:
     ids = [1, 2, 150_000, 0]
-    assert DEFAULT_CODEC.unpack_ids(DEFAULT_CODEC.pack_ids(ids)).tolist() == ids
+    assert unpack_ids(pack_ids(ids)).tolist() == ids
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_version_round_trips(version: int) -> None:
+    original = arrays(9, 4, seed=version)
+    original.topk_ids[3, 2] = MISSING_ID
+    codec = CODECS[version]
+    decoded = codec_for(version).decode(codec.encode(original))
+    assert decoded.topk_ids.tolist() == original.topk_ids.tolist()
+    assert decoded.token_ids.tolist() == original.token_ids.tolist()
+
+
+def test_ids_past_three_bytes_fall_back_to_version_1() -> None:
+    a = arrays(2, 2)
+    assert encode_topk(a).codec == 2
+    a.topk_ids[0, 0] = 0xFFFFFF  # the v2 sentinel itself is not a storable id
+    packed = encode_topk(a)
+    assert packed.codec == 1 and codec_for(1).decode(packed).topk_ids[0, 0] == 0xFFFFFF

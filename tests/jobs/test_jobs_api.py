@@ -53,6 +53,8 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
     assert job["counts"] == {"total": 5, "done": 5, "failed": 0, "cancelled": 0, "pending": 0}
     assert job["teacher_info"]["max_logprobs"] == 20
     assert job["teacher_info"]["logprobs_mode"] == "raw_logprobs"
+    assert job["teacher_info"]["tokenizer_fingerprint"].startswith("tok-")
+    assert job["teacher_info"]["chat_template_fingerprint"].startswith("chat-")
     assert job["started_at"] and job["finished_at"]
     records = all_records(api, job["id"], limit=2)
     assert [r["custom_id"] for r in records] == [p["custom_id"] for p in RAW]
@@ -69,6 +71,8 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
     rows = table.to_pylist()
     for row, record in zip(rows, records, strict=True):
         assert row["custom_id"] == record["custom_id"] and row["job_id"] == job["id"]
+        assert row["item_id"] == record["item_id"]
+        assert row["tokenizer_fingerprint"] == job["teacher_info"]["tokenizer_fingerprint"]
         assert row["token_ids"] == record["token_ids"]
         assert row["topk_ids"] == record["top_logprobs_ids"]
         assert orjson.loads(row["metadata"]) == record["metadata"]
