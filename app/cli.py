@@ -62,7 +62,7 @@ def run_worker() -> None:
     settings = get_settings()
 
     async def main() -> None:
-        database = Database(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url, application_name=settings.database_application_name)
         await database.upgrade_schema()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -41,7 +41,7 @@ def is_transient_db_error(exc: BaseException) -> bool:
 class Database:
     """One engine and its session factory. Transactions are opened and committed only at the edges."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, application_name: str = "distillery") -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
@@ -51,6 +51,9 @@ class Database:
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)
+            if self.url.get_driver_name() == "asyncpg":
+                # Names the service's sessions in pg_stat_activity.
+                kwargs["connect_args"] = {"server_settings": {"application_name": application_name}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         # SQLite: writers take the lock up front (BEGIN IMMEDIATE) and queue on it; readers get their
         # own engine with plain deferred transactions, which WAL never blocks.

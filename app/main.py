@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url, application_name=settings.database_application_name)
         await database.upgrade_schema()
         first_key = await database.run(ensure_first_key)
         if first_key is not None:

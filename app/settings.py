@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     teachers: list[TeacherConfig] = Field(
         default_factory=lambda: [TeacherConfig(name="tiny", base_url=HttpUrl("http://127.0.0.1:8100"), model="tiny")]
     )
+    database_application_name: str = Field(default="distillery", max_length=63)
     host: str = "127.0.0.1"
     port: int = 8000
 
