@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from app import __version__
 from app.auth.service import ensure_first_key
 from app.database import Database, is_transient_db_error
+from app.datasets.api import router as datasets_router
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.middleware import BodySizeLimit
@@ -85,4 +86,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(teachers_router)
     app.include_router(jobs_router)
     app.include_router(records_router)
+    app.include_router(datasets_router)
     return app

@@ -111,6 +111,7 @@ class Item(Base):
     custom_id: Mapped[str | None] = mapped_column(String(256), default=None)
     prompt: Mapped[str | None] = mapped_column(Text, default=None)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    response: Mapped[str | None] = mapped_column(Text, default=None)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -173,3 +174,39 @@ class JobProgress(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- datasets -------------------------------------------------------------------------------------------
+
+
+class Dataset(Base):
+    """A build of completed jobs into Parquet shards; `spec` is the request, `manifest` is set once ready."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_datasets_project_created", "project_id", "created_at"),)
+
+
+class DatasetFile(Base):
+    """One stored file of a dataset (a shard, or manifest.json with split None), with its checksum."""
+
+    __tablename__ = "dataset_files"
+
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    split: Mapped[str | None] = mapped_column(String(16), default=None)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))

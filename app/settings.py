@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     def teacher(self, name: str) -> TeacherConfig | None:
         return next((t for t in self.teachers if t.name == name), None)
 
+    # --- datasets ---
+    datasets_dir: Path | None = Field(default=None, description="Shards and manifests; default <data_dir>/datasets.")
+    dataset_chunk_rows: int = Field(default=512, ge=1, description="Rows read per query and per Parquet row group.")
+    dataset_shard_bytes: int = Field(default=256 << 20, ge=1 << 16, description="Default target shard size.")
+
+    @property
+    def resolved_datasets_dir(self) -> Path:
+        """The configured datasets directory, or `datasets` in the data directory."""
+        return self.datasets_dir if self.datasets_dir is not None else self.data_dir / "datasets"
+
 
 @lru_cache
 def get_settings() -> Settings:

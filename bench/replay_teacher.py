@@ -237,6 +237,9 @@ class Responder:
             return 400, _error(400, "body is not JSON", "BadRequestError")
         if path == "/tokenize":
             return 200, orjson.dumps(self.rec["tokenize"])
+        if path == "/detokenize":
+            # The service's tokenizer fingerprint probe: any stable text will do for a replay.
+            return 200, orjson.dumps({"prompt": " ".join(map(str, request.get("tokens", [])))})
         if path not in ("/v1/completions", "/v1/chat/completions"):
             return 404, _error(404, f"no route POST {path}", "NotFoundError")
         if request.get("model") != self.model:

@@ -2,8 +2,9 @@
 
 Format version 1 (TopKCodec): sampled token ids int32 [T], sampled logprobs float16 [T], top-k ids int32
 [T, k] (row-major, sorted by logprob descending) and top-k logprobs float16 [T, k]: 126 B/token at k = 20.
-Format version 2 (TopKCodecV2): the same with ids as 3-byte unsigned integers (vocabularies below 2^24 - 1
-ids, which is every current LLM's), 105 B/token at k = 20; logprobs are unchanged, so v2 loses nothing.
+Format version 2 (TopKCodecV2): ids as 3-byte unsigned integers (vocabularies below 2^24 - 1 ids, which
+is every current LLM's), sampled logprobs as float32 (the student's cross-entropy target, kept exact) and
+top-k logprobs float16 as in v1: 107 B/token at k = 20.
 A slot the teacher did not report holds id -1 and logprob -inf. Each stored row records its version;
 `encode_topk` picks the smallest codec that holds the ids, and `codec_for` reads any version.
 """
@@ -92,10 +93,12 @@ class TopKCodec:
 
 
 class TopKCodecV2(TopKCodec):
-    """Version 2: ids as 3-byte little-endian unsigned integers (missing = 0xFFFFFF), float16 logprobs."""
+    """Version 2: ids as 3-byte little-endian unsigned integers (missing = 0xFFFFFF), sampled logprobs
+    float32, top-k logprobs float16."""
 
     version = 2
     _missing = 0xFFFFFF
+    _sampled_dtype = np.dtype("<f4")
 
     def fits(self, arrays: TopKArrays) -> bool:
         ids = (arrays.token_ids, arrays.topk_ids)
@@ -108,7 +111,7 @@ class TopKCodecV2(TopKCodec):
             num_tokens=wide.num_tokens,
             k=wide.k,
             token_ids=_to_u24(arrays.token_ids),
-            token_logprobs=wide.token_logprobs,
+            token_logprobs=arrays.token_logprobs.astype(self._sampled_dtype).tobytes(),
             topk_ids=_to_u24(arrays.topk_ids),
             topk_logprobs=wide.topk_logprobs,
         )
@@ -117,7 +120,7 @@ class TopKCodecV2(TopKCodec):
         t, k = packed.num_tokens, packed.k
         return TopKArrays(
             token_ids=_from_u24(packed.token_ids).reshape(t),
-            token_logprobs=np.frombuffer(packed.token_logprobs, self._lp_dtype).reshape(t),
+            token_logprobs=np.frombuffer(packed.token_logprobs, self._sampled_dtype).reshape(t),
             topk_ids=_from_u24(packed.topk_ids).reshape(t, k),
             topk_logprobs=np.frombuffer(packed.topk_logprobs, self._lp_dtype).reshape(t, k),
         )

@@ -1,6 +1,7 @@
 """ParquetExporter: one row per (prompt, sample), list columns for ids and top-k, zstd, streamed.
 
-Top-k columns are list<fixed_size_list<k>>: int32 ids and float16 logprobs exactly as stored, with
+Top-k columns are list<fixed_size_list<k>>: int32 ids and float16 logprobs exactly as stored (sampled
+token logprobs are float32), with
 BYTE_STREAM_SPLIT on those leaves. Lineage (job, teacher identity, params, codec) goes in the file's
 key-value metadata under b"distillery"; job_id, item_id, custom_id, teacher and the teacher's tokenizer
 fingerprint are also columns on every row.
@@ -37,7 +38,7 @@ def parquet_schema(k: int, lineage: dict[str, Any]) -> pa.Schema:
         pa.field("finish_reason", pa.string()),
         pa.field("prompt_token_ids", pa.list_(pa.int32())),
         pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("token_logprobs", pa.list_(pa.float16()), nullable=False),
+        pa.field("token_logprobs", pa.list_(pa.float32()), nullable=False),
         pa.field("topk_ids", pa.list_(pa.list_(pa.int32(), k)), nullable=False),
         pa.field("topk_logprobs", pa.list_(pa.list_(pa.float16(), k)), nullable=False),
     ]
@@ -132,7 +133,7 @@ class ParquetExporter:
             pa.array([r.finish_reason for r in rows], pa.string()),
             prompt_ids,
             pa.ListArray.from_arrays(offsets, pa.array(flat("token_ids", np.int32))),
-            pa.ListArray.from_arrays(offsets, pa.array(flat("token_logprobs", np.float16))),
+            pa.ListArray.from_arrays(offsets, pa.array(flat("token_logprobs", np.float32))),
             pa.ListArray.from_arrays(offsets, topk_ids),
             pa.ListArray.from_arrays(offsets, topk_lps),
         ]

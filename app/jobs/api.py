@@ -8,7 +8,7 @@ from pydantic import Field
 
 from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
 from app.jobs import service
-from app.jobs.schemas import FailurePage, GenerationParams, JobCreate, JobPage, JobRead
+from app.jobs.schemas import FailurePage, GenerationParams, JobCreate, JobKind, JobPage, JobRead
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -32,6 +32,7 @@ class JobUploadForm(GenerationParams):
     """The upload's multipart form: the JSONL file, the teacher and the generation params, flat."""
 
     teacher: str = Field(min_length=1, max_length=64)
+    kind: JobKind = "generate"
     file: UploadFile = Field(description="JSONL, one prompt record per line.")
 
 
@@ -73,10 +74,10 @@ async def upload_job(
     principal: PrincipalDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
-    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "file"}))
+    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "kind", "file"}))
     digest = ""
     if idempotency_key is not None:
-        fields = f"{form.teacher}\n{params.model_dump_json()}".encode()
+        fields = f"{form.teacher}\n{form.kind}\n{params.model_dump_json()}".encode()
         digest = await service.upload_digest(form.file, fields)
     job, replayed = await service.create_idempotently(
         database,
@@ -85,7 +86,7 @@ async def upload_job(
         idempotency_key,
         digest,
         lambda session: service.create_job_from_upload(
-            session, registry, settings, form.teacher, params, form.file, principal.project_id
+            session, registry, settings, form.teacher, params, form.file, principal.project_id, form.kind
         ),
     )
     _replayed(response, replayed)

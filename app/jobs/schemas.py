@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobKind = Literal["generate", "score"]
 ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
 
 MAX_SEED = 2**31 - 1
@@ -24,13 +25,16 @@ class Message(BaseModel):
 
 
 class PromptRecord(BaseModel):
-    """One prompt: a raw `prompt` string or chat `messages`, with an optional caller id and metadata."""
+    """One prompt: a raw `prompt` string or chat `messages`, with an optional caller id and metadata.
+    In a scoring job, a raw prompt comes with the `response` to score; chat messages end with the
+    assistant turn to score."""
 
     model_config = ConfigDict(extra="forbid")
 
     custom_id: str | None = Field(default=None, min_length=1, max_length=256)
     prompt: str | None = Field(default=None, min_length=1)
     messages: list[Message] | None = Field(default=None, min_length=1)
+    response: str | None = Field(default=None, min_length=1, description="Scoring jobs: the text to score.")
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -63,6 +67,11 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teacher: str = Field(min_length=1, max_length=64)
+    kind: JobKind = Field(
+        default="generate",
+        description="generate: the teacher writes the responses. score: it scores given responses by teacher "
+        "forcing, storing its top-k at every response position (sampling params other than top_logprobs unused).",
+    )
     params: GenerationParams = Field(default_factory=GenerationParams)
     prompts: list[PromptRecord] = Field(min_length=1)
 
@@ -78,7 +87,7 @@ class JobCounts(BaseModel):
 class JobRead(BaseModel):
     id: uuid.UUID
     teacher: str
-    kind: str
+    kind: JobKind
     status: JobStatus
     params: GenerationParams
     counts: JobCounts

@@ -79,12 +79,14 @@ async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: Gene
     return info
 
 
-def _new_job(project_id: uuid.UUID, teacher: str, params: GenerationParams, info: dict[str, Any]) -> Job:
+def _new_job(
+    project_id: uuid.UUID, teacher: str, params: GenerationParams, info: dict[str, Any], kind: str = "generate"
+) -> Job:
     return Job(
         id=uuid.uuid4(),
         project_id=project_id,
         teacher=teacher,
-        kind="generate",
+        kind=kind,
         status="queued",
         params=params.model_dump(mode="json"),
         top_logprobs=params.top_logprobs,
@@ -106,6 +108,7 @@ def _item_row(job: Job, seq: int, record: PromptRecord) -> dict[str, Any]:
         "custom_id": record.custom_id,
         "prompt": record.prompt,
         "messages": [m.model_dump() for m in record.messages] if record.messages else None,
+        "response": record.response,
         "meta": record.metadata,
         "status": "queued",
         "attempts": 0,
@@ -126,12 +129,19 @@ async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterabl
     return count
 
 
+def check_kind_params(kind: str, params: GenerationParams, loc: list[str | int]) -> None:
+    """A scoring job scores one given response per record: no samples to draw."""
+    if kind == "score" and params.n != 1:
+        raise ApiError(422, "a scoring job has exactly one response per record: n must be 1", loc=[*loc, "n"])
+
+
 class RecordChecker:
     """Per-record checks beyond the schema: the configured size limits and custom_id uniqueness.
     Remembers only the custom_ids seen, never the records."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kind: str) -> None:
         self.settings = settings
+        self.kind = kind
         self.seen: dict[str, int | str] = {}
         self.count = 0
 
@@ -148,6 +158,17 @@ class RecordChecker:
                 return ["messages"], f"more than {limits.max_messages_per_prompt} messages"
             if sum(len(m.content) for m in record.messages) > limits.max_prompt_chars:
                 return ["messages"], f"messages longer than {limits.max_prompt_chars} characters in all"
+        if self.kind == "score":
+            if record.prompt is not None and record.response is None:
+                return ["response"], "a scoring job needs the response to score"
+            if record.messages is not None and record.response is not None:
+                return ["response"], "chat records to score end with the assistant turn instead of a response"
+            if record.messages is not None and record.messages[-1].role != "assistant":
+                return ["messages"], "chat records to score must end with the assistant turn to score"
+        elif record.response is not None:
+            return ["response"], "only scoring jobs (kind 'score') take a response"
+        if record.response is not None and len(record.response) > limits.max_prompt_chars:
+            return ["response"], f"response longer than {limits.max_prompt_chars} characters"
         if record.metadata is not None and len(orjson.dumps(record.metadata)) > limits.max_metadata_bytes:
             return ["metadata"], f"metadata larger than {limits.max_metadata_bytes} bytes as JSON"
         if record.custom_id is not None:
@@ -162,13 +183,14 @@ async def create_job(
 ) -> Job:
     if len(body.prompts) > settings.max_prompts_per_job:
         raise ApiError(422, f"more than {settings.max_prompts_per_job} prompts in one job", loc=["body", "prompts"])
-    checker = RecordChecker(settings)
+    check_kind_params(body.kind, body.params, ["body", "params"])
+    checker = RecordChecker(settings, body.kind)
     for index, record in enumerate(body.prompts):
         problem = checker.check(record, f"prompts[{index}]")
         if problem is not None:
             raise ApiError(422, problem[1], loc=["body", "prompts", index, *problem[0]])
     info = await teacher_info_for(registry, body.teacher, body.params)
-    job = await repository.insert_job(session, _new_job(project_id, body.teacher, body.params, info))
+    job = await repository.insert_job(session, _new_job(project_id, body.teacher, body.params, info, body.kind))
     job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
     await session.flush()
     return job
@@ -207,12 +229,14 @@ async def create_job_from_upload(
     params: GenerationParams,
     upload: AsyncReadable,
     project_id: uuid.UUID,
+    kind: str = "generate",
 ) -> Job:
     """Validate every line first (nothing written), then insert in chunks on a second read."""
+    check_kind_params(kind, params, ["body"])
     info = await teacher_info_for(registry, teacher, params)
     errors: list[dict[str, Any]] = []
     bad = 0
-    checker = RecordChecker(settings)
+    checker = RecordChecker(settings, kind)
     async for lineno, line in iter_lines(upload):
         if not line.strip():
             continue
@@ -243,7 +267,7 @@ async def create_job_from_upload(
         raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
     checker.seen.clear()
     await upload.seek(0)
-    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info))
+    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info, kind))
     job.total_items = await _insert_records(session, job, _records_of(upload))
     await session.flush()
     return job
@@ -312,7 +336,7 @@ async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
     """JobRead for each job, with tokens/s over the last RATE_WINDOW_BUCKETS full buckets."""
     now_bucket = _bucket_now()
     since = now_bucket - RATE_WINDOW_BUCKETS
-    live = [j.id for j in jobs if j.status == "running"]
+    live = [j.id for j in jobs if j.status != "queued"]
     recent = await repository.recent_tokens(session, live, since_bucket=since)
     window_s = RATE_WINDOW_BUCKETS * repository.PROGRESS_BUCKET_S + time.time() % repository.PROGRESS_BUCKET_S
     return [

@@ -416,3 +416,32 @@ def _load(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TeacherResponseError("teacher response is not a JSON object")
     return data
+
+
+def parse_prompt_logprobs(body: bytes, *, prompt_len: int, response_ids: list[int], k: int) -> TopKArrays:
+    """The teacher's distributions at the response positions of a teacher-forced prompt.
+
+    vLLM's `prompt_logprobs` entry j is the distribution of token j given tokens [0, j) (entry 0 is null),
+    keyed by plain id strings and always holding the actual token. Position t of the result is entry
+    prompt_len + t: the teacher's distribution for response token t, predicted from everything before it.
+    """
+    data = _load(body)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1:
+        raise TeacherResponseError("expected one choice for a scored prompt")
+    entries = choices[0].get("prompt_logprobs") or data.get("prompt_logprobs")
+    t = len(response_ids)
+    if not isinstance(entries, list) or len(entries) != prompt_len + t:
+        got = len(entries) if isinstance(entries, list) else "no"
+        raise TeacherResponseError(f"expected {prompt_len + t} prompt_logprobs entries, got {got}")
+    sampled = np.empty(t, dtype=np.float32)
+    candidates: list[list[tuple[int, float]]] = []
+    for pos, token in enumerate(response_ids):
+        entry = entries[prompt_len + pos]
+        if not isinstance(entry, dict) or str(token) not in entry:
+            raise TeacherResponseError(f"prompt_logprobs entry {prompt_len + pos} lacks the actual token {token}")
+        pairs = [(int(key), _clean(value["logprob"])) for key, value in entry.items()]
+        sampled[pos] = _clean(entry[str(token)]["logprob"])
+        candidates.append(pairs)
+    ids, lps = _topk_rows(candidates, k)
+    return TopKArrays(np.asarray(response_ids, dtype=np.int32), sampled, ids, lps)

@@ -47,7 +47,7 @@ async def claim_items(
         update(Item)
         .where(Item.id.in_(ids), Item.status == "queued")
         .values(status="leased", lease_owner=owner, lease_expires_at=lease_until, attempts=Item.attempts + 1)
-        .returning(Item.id, Item.job_id, Item.seq, Item.prompt, Item.messages, Item.attempts)
+        .returning(Item.id, Item.job_id, Item.seq, Item.prompt, Item.messages, Item.response, Item.attempts)
         .execution_options(synchronize_session=False)
     )
     claimed = [ClaimedItem(*row) for row in rows.all()]
@@ -64,11 +64,13 @@ async def claim_items(
 
 async def job_specs(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, JobSpec]:
     rows = await session.execute(
-        select(Job.id, Job.params, Job.top_logprobs, Job.num_samples, Job.teacher_info).where(Job.id.in_(list(job_ids)))
+        select(Job.id, Job.kind, Job.params, Job.top_logprobs, Job.num_samples, Job.teacher_info).where(
+            Job.id.in_(list(job_ids))
+        )
     )
     return {
-        job_id: JobSpec(id=job_id, params=params, k=k, n=n, max_logprobs=(info or {}).get("max_logprobs"))
-        for job_id, params, k, n, info in rows.all()
+        job_id: JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=(info or {}).get("max_logprobs"))
+        for job_id, kind, params, k, n, info in rows.all()
     }
 
 

@@ -16,6 +16,7 @@ class ClaimedItem:
     seq: int
     prompt: str | None
     messages: list[dict[str, Any]] | None
+    response: str | None
     attempts: int
 
 
@@ -24,6 +25,7 @@ class JobSpec:
     """The parts of a job the worker needs to build teacher requests."""
 
     id: uuid.UUID
+    kind: str
     params: dict[str, Any]
     k: int
     n: int

@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +28,13 @@ from app.jobs.repository import PROGRESS_BUCKET_S
 from app.models import utcnow
 from app.settings import Settings, TeacherConfig
 from app.teachers.client import TeacherClient, TeacherError
-from app.teachers.parsing import TeacherResponseError, parse_chat, parse_completions
+from app.teachers.parsing import (
+    ParsedCompletion,
+    TeacherResponseError,
+    parse_chat,
+    parse_completions,
+    parse_prompt_logprobs,
+)
 from app.worker import repository
 from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
 
@@ -59,6 +65,18 @@ def completions_body(model: str, spec: JobSpec, prompts: Sequence[str], *, seed:
         **_sampling(spec, seed),
         "logprobs": spec.k,
         "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
+    }
+
+
+def score_body(model: str, spec: JobSpec, token_ids: list[int]) -> dict[str, Any]:
+    """Teacher forcing through /v1/completions: the whole sequence as the prompt, one token generated."""
+    return {
+        "model": model,
+        "prompt": token_ids,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": spec.k,
         "return_token_ids": True,
     }
 
@@ -172,9 +190,12 @@ class TeacherDispatcher:
             by_job: dict[uuid.UUID, list[ClaimedItem]] = defaultdict(list)
             for item in claim.items:
                 by_job[item.job_id].append(item)
-            units = []
+            units: list[Coroutine[Any, Any, list[ItemOutcome]]] = []
             for job_id, items in by_job.items():
                 spec = claim.jobs[job_id]
+                if spec.kind == "score":
+                    units.extend(self._run_score(spec, item) for item in items)
+                    continue
                 raw = [i for i in items if i.prompt is not None]
                 chat = [i for i in items if i.messages is not None]
                 if raw:
@@ -192,6 +213,29 @@ class TeacherDispatcher:
         finally:
             self.worker.inflight.difference_update(ids)
 
+    async def _guarded(
+        self,
+        items: list[ClaimedItem],
+        call: Callable[[], Awaitable[list[ItemOutcome]]],
+        split: Callable[[], Awaitable[list[ItemOutcome]]] | None = None,
+    ) -> list[ItemOutcome]:
+        """Run one teacher call for these items. Transient failures leave the items to retry (and back off);
+        a permanent one (a 400) fails them with the teacher's message, or calls `split` to find the culprit."""
+        try:
+            outcomes = await call()
+        except TeacherError as exc:
+            if exc.transient:
+                self._note_failure(exc)
+                return [ItemOutcome(item) for item in items]
+            if split is not None and len(items) > 1:
+                return await split()
+            return [ItemOutcome(item, error=exc.message) for item in items]
+        except TeacherResponseError as exc:
+            self._note_failure(exc)
+            return [ItemOutcome(item) for item in items]
+        self._note_success()
+        return outcomes
+
     async def _run_completions(self, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
         """One request for the whole list; a 400 splits it in halves to find the prompt at fault. A seeded
         job sends one request per prompt (concurrently), each with its own derived seed."""
@@ -201,46 +245,75 @@ class TeacherDispatcher:
             return [outcome for part in parts for outcome in part]
         seed = None if job_seed is None else item_seed(job_seed, items[0].seq)
         body = completions_body(self.config.model, spec, [i.prompt or "" for i in items], seed=seed)
-        try:
+
+        async def call() -> list[ItemOutcome]:
             raw = await self.client.completions(body)
-            parsed = parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k)
-        except TeacherError as exc:
-            if exc.transient:
-                self._note_failure(exc)
-                return [ItemOutcome(item) for item in items]
-            if len(items) > 1:
-                mid = len(items) // 2
-                halves = await asyncio.gather(
-                    self._run_completions(spec, items[:mid]), self._run_completions(spec, items[mid:])
-                )
-                return halves[0] + halves[1]
-            return [ItemOutcome(items[0], error=exc.message)]
-        except TeacherResponseError as exc:
-            self._note_failure(exc)
-            return [ItemOutcome(item) for item in items]
-        self._note_success()
-        outcomes = [ItemOutcome(item) for item in items]
-        for completion in parsed:
-            outcomes[completion.prompt_index].completions.append(completion)
-        return outcomes
+            outcomes = [ItemOutcome(item) for item in items]
+            for completion in parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k):
+                outcomes[completion.prompt_index].completions.append(completion)
+            return outcomes
+
+        async def split() -> list[ItemOutcome]:
+            mid = len(items) // 2
+            halves = await asyncio.gather(
+                self._run_completions(spec, items[:mid]), self._run_completions(spec, items[mid:])
+            )
+            return halves[0] + halves[1]
+
+        return await self._guarded(items, call, split)
 
     async def _run_chat(self, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
         job_seed = spec.params.get("seed")
         seed = None if job_seed is None else item_seed(job_seed, item.seq)
         body = chat_body(self.config.model, spec, item.messages or [], seed=seed)
-        try:
+
+        async def call() -> list[ItemOutcome]:
             raw = await self.client.chat_completions(body)
             parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))
-        except TeacherError as exc:
-            if exc.transient:
-                self._note_failure(exc)
-                return [ItemOutcome(item)]
-            return [ItemOutcome(item, error=exc.message)]
-        except TeacherResponseError as exc:
-            self._note_failure(exc)
-            return [ItemOutcome(item)]
-        self._note_success()
-        return [ItemOutcome(item, completions=parsed)]
+            return [ItemOutcome(item, completions=parsed)]
+
+        return await self._guarded([item], call)
+
+    async def _run_score(self, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
+        """Teacher forcing: the prompt and the given response as one token sequence, max_tokens 1,
+        prompt_logprobs k; the top-k at each response position is kept."""
+
+        async def call() -> list[ItemOutcome]:
+            prompt_ids, response_ids = await self._score_tokens(item)
+            if not response_ids:
+                return [ItemOutcome(item, error="the response is empty once tokenized")]
+            raw = await self.client.completions(score_body(self.config.model, spec, prompt_ids + response_ids))
+            arrays = parse_prompt_logprobs(raw, prompt_len=len(prompt_ids), response_ids=response_ids, k=spec.k)
+            text = item.response if item.response is not None else str((item.messages or [{}])[-1].get("content"))
+            return [ItemOutcome(item, completions=[ParsedCompletion(0, 0, text, "scored", arrays, prompt_ids)])]
+
+        return await self._guarded([item], call)
+
+    async def _score_tokens(self, item: ClaimedItem) -> tuple[list[int], list[int]]:
+        """Prompt and response token ids, from the teacher's own tokenizer (its /tokenize endpoint).
+
+        Raw: the prompt with the tokenizer's special tokens, the response without, each tokenized alone.
+        Chat: the conversation before the assistant turn with the generation prompt; the response is what
+        the full conversation adds to it (its template must extend the prompt, else the item fails)."""
+        model = self.config.model
+        if item.messages is None:
+            prompt = await self.client.post_json("/tokenize", {"model": model, "prompt": item.prompt})
+            response = await self.client.post_json(
+                "/tokenize", {"model": model, "prompt": item.response, "add_special_tokens": False}
+            )
+            return list(prompt["tokens"]), list(response["tokens"])
+        head = await self.client.post_json(
+            "/tokenize", {"model": model, "messages": item.messages[:-1], "add_generation_prompt": True}
+        )
+        full = await self.client.post_json(
+            "/tokenize", {"model": model, "messages": item.messages, "add_generation_prompt": False}
+        )
+        prompt_ids, full_ids = list(head["tokens"]), list(full["tokens"])
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise TeacherError(
+                "the chat template does not render the prompt as a prefix of the conversation", transient=False
+            )
+        return prompt_ids, full_ids[len(prompt_ids) :]
 
     def _note_failure(self, exc: Exception) -> None:
         self._failures += 1

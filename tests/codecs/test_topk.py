@@ -30,7 +30,7 @@ def test_round_trip_is_exact_for_ids_and_float16_for_logprobs() -> None:
 def test_bytes_per_token_at_k20() -> None:
     packed = DEFAULT_CODEC.encode(arrays(100, 20))
     total = len(packed.token_ids) + len(packed.token_logprobs) + len(packed.topk_ids) + len(packed.topk_logprobs)
-    assert total == 100 * (3 + 2 + 20 * 3 + 20 * 2)
+    assert total == 100 * (3 + 4 + 20 * 3 + 20 * 2)
     v1 = CODECS[1].encode(arrays(100, 20))
     assert sum(map(len, (v1.token_ids, v1.token_logprobs, v1.topk_ids, v1.topk_logprobs))) == 100 * 126
 

@@ -9,7 +9,7 @@ PARAMS = {"max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "stop": None, "seed
 
 
 def spec(k: int, max_logprobs: int | None = 20) -> JobSpec:
-    return JobSpec(id=uuid.uuid4(), params=PARAMS, k=k, n=2, max_logprobs=max_logprobs)
+    return JobSpec(id=uuid.uuid4(), kind="generate", params=PARAMS, k=k, n=2, max_logprobs=max_logprobs)
 
 
 def test_item_seeds_are_distinct_and_stable() -> None:
