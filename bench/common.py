@@ -90,6 +90,15 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time of every Postgres server process on the machine so far."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
+
+
 class RssSampler:
     """Samples a process's resident memory on a thread until stopped; `peak` is the largest reading (bytes)."""
 

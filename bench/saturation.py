@@ -19,7 +19,17 @@ import httpx
 
 from app.api_client import DistilleryClient
 from app.service_process import ServiceProcess
-from bench.common import fresh_postgres, prompt_set, ready_service, relation_sizes, summary, tiny_teacher, write_result
+from bench.common import (
+    cpu_seconds,
+    fresh_postgres,
+    postgres_cpu_seconds,
+    prompt_set,
+    ready_service,
+    relation_sizes,
+    summary,
+    tiny_teacher,
+    write_result,
+)
 
 
 async def direct(
@@ -128,14 +138,20 @@ def main() -> None:
                 ) as service,
             ):
                 api_key = ready_service(service)
+                assert service.process is not None
+                service_cpu, pg_cpu = cpu_seconds(service.process.pid), postgres_cpu_seconds()
                 result = through_service(
                     service.url, api_key, prompts, max_tokens=args.max_tokens, k=args.k, workdir=Path(tmp)
                 )
+                # On this 2-core machine the service and Postgres take CPU the CPU teacher would use.
+                result["service_cores"] = (cpu_seconds(service.process.pid) - service_cpu) / result["seconds"]
+                result["postgres_cores"] = (postgres_cpu_seconds() - pg_cpu) / result["seconds"]
                 service_runs.append(result)
                 storage.append(sum(r["total"] for r in relation_sizes(db_url).values()) / result["tokens"])
             print(
                 f"run {run}: direct {direct_runs[-1]['tokens_per_s']:.0f} tok/s, "
-                f"distillery {result['tokens_per_s']:.0f} tok/s, {storage[-1]:.1f} B/token",
+                f"distillery {result['tokens_per_s']:.0f} tok/s, {storage[-1]:.1f} B/token, service "
+                f"{result['service_cores']:.2f} cores, postgres {result['postgres_cores']:.2f} cores",
                 flush=True,
             )
     ratios = [s["tokens_per_s"] / d["tokens_per_s"] for s, d in zip(service_runs, direct_runs, strict=True)]
@@ -145,6 +161,8 @@ def main() -> None:
         "distillery_tokens_per_s": summary([s["tokens_per_s"] for s in service_runs]),
         "ratio": summary(ratios),
         "postgres_bytes_per_token": summary(storage),
+        "service_cores": summary([s["service_cores"] for s in service_runs]),
+        "postgres_cores": summary([s["postgres_cores"] for s in service_runs]),
         "runs": {"direct": direct_runs, "distillery": service_runs},
     }
     path = write_result(args.name, figures, out=args.out)
