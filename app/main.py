@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.auth.service import ensure_first_key
 from app.database import Database, is_transient_db_error
 from app.datasets.api import router as datasets_router
+from app.errors import http_error_handler
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.middleware import BodySizeLimit
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_paths={"/v1/jobs/upload"},
     )
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(health_router)
     app.include_router(teachers_router)
     app.include_router(jobs_router)

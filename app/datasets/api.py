@@ -14,9 +14,9 @@ from app.datasets.schemas import DatasetCreate, DatasetPage, DatasetRead
 from app.datasets.service import StoredFile
 from app.datasets.storage import DatasetStorage, LocalStorage
 from app.dependencies import DatabaseDep, PrincipalDep, SessionDep, SettingsDep
-from app.errors import ApiError
+from app.errors import ApiError, error_responses
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 404, 413, 503))
 
 RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
 MEDIA_TYPES = {".parquet": "application/vnd.apache.parquet", ".json": "application/json"}

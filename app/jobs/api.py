@@ -1,16 +1,17 @@
 """Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel, retry."""
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Header, Query, Response, UploadFile, status
 from pydantic import Field
 
 from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
+from app.errors import error_responses
 from app.jobs import service
 from app.jobs.schemas import FailurePage, GenerationParams, JobCreate, JobKind, JobPage, JobRead
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 503))
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -21,10 +22,9 @@ IdempotencyKeyHeader = Annotated[
         description="Same key and body: the original job comes back. Same key, other body: 422. Racing: 409.",
     ),
 ]
-CREATE_RESPONSES: dict[int | str, dict[str, str]] = {
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "An earlier request with the same Idempotency-Key created this job."},
-    409: {"description": "A request with the same Idempotency-Key is still running."},
-    413: {"description": "The request body is too large."},
+    **error_responses(409, 413),
 }
 
 
@@ -66,7 +66,7 @@ async def create_job(
 
 @router.post("/upload", status_code=status.HTTP_201_CREATED, response_model=JobRead, responses=CREATE_RESPONSES)
 async def upload_job(
-    form: Annotated[JobUploadForm, Form()],
+    form: Annotated[JobUploadForm, Form(media_type="multipart/form-data")],
     response: Response,
     database: DatabaseDep,
     registry: RegistryDep,
@@ -118,7 +118,7 @@ async def cancel_job(job_id: uuid.UUID, session: SessionDep, principal: Principa
     return (await service.to_reads(session, [job]))[0]
 
 
-@router.post("/{job_id}/retry", response_model=JobRead, responses={409: {"description": "The job is cancelled."}})
+@router.post("/{job_id}/retry", response_model=JobRead, responses=error_responses(409))
 async def retry_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobRead:
     """Re-queue the job's failed items with fresh attempts."""
     job = await service.retry_failed(session, job_id, principal.project_id)

@@ -7,11 +7,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.dependencies import DatabaseDep, PrincipalDep, SessionDep, SettingsDep
+from app.errors import error_responses
 from app.jobs.service import get_job
 from app.records import service
 from app.records.schemas import ExportFormat, RecordPage
 
-router = APIRouter(prefix="/v1/jobs", tags=["records"])
+router = APIRouter(prefix="/v1/jobs", tags=["records"], responses=error_responses(401, 404, 503))
 
 
 @router.get("/{job_id}/records", response_model=RecordPage)

@@ -3,9 +3,10 @@
 from fastapi import APIRouter
 
 from app.dependencies import PrincipalDep, RegistryDep
+from app.errors import error_responses
 from app.teachers.schemas import TeacherList
 
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=error_responses(401, 503))
 
 
 @router.get("", response_model=TeacherList)
