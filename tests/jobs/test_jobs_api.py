@@ -223,7 +223,10 @@ def test_cancel_stops_dispatch(api: httpx.Client) -> None:
     final = wait_done(api, job["id"])
     time.sleep(1.0)
     after = api.get(f"/v1/jobs/{job['id']}").json()
-    assert after == final, "nothing may move once the in-flight items are through"
+    moving = {"tokens_per_second"}  # a rate over a sliding window
+    assert {k: v for k, v in after.items() if k not in moving} == {k: v for k, v in final.items() if k not in moving}, (
+        "nothing may move once the in-flight items are through"
+    )
     counts = final["counts"]
     assert counts["done"] + counts["failed"] + counts["cancelled"] == 400
     assert counts["done"] <= 4 * 32, "more than the in-flight batches (4 x 32) were sent"
