@@ -7,6 +7,7 @@ that stores the results and marks the items done, guarded by the lease so a stal
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import hashlib
 import logging
@@ -129,7 +130,11 @@ class TeacherDispatcher:
         self.worker = worker
         self.config = config
         self.client = TeacherClient(config)
+        # A batch holds a teacher slot until the teacher has answered, and a held slot until it is stored:
+        # the teacher gets its next batch while the last one is parsed and written, and no more than
+        # 2 x max_inflight answers wait in memory should the database stall.
         self._slots = asyncio.Semaphore(config.max_inflight)
+        self._held = asyncio.Semaphore(2 * config.max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff_until = 0.0
         self._failures = 0
@@ -142,26 +147,28 @@ class TeacherDispatcher:
                 if self._down_since is not None:
                     await self._wait_until_healthy(stop)
                     continue
+                await self._held.acquire()
                 await self._slots.acquire()
+                slot = _Slot(self._slots, self._held)
                 delay = self._backoff_until - time.monotonic()
                 if stop.is_set() or delay > 0:
-                    self._slots.release()
+                    slot.release_all()
                     await _sleep_or_stop(stop, delay)
                     continue
                 try:
                     claim = await self.worker.claim(self.config.name, self.config.batch_size)
                 except Exception:
-                    self._slots.release()
+                    slot.release_all()
                     log.exception("claim failed; retrying")
                     await _sleep_or_stop(stop, settings.worker_poll_s * 4)
                     continue
                 if not claim.items:
-                    self._slots.release()
+                    slot.release_all()
                     await _sleep_or_stop(stop, settings.worker_poll_s)
                     continue
-                task = asyncio.create_task(self._process(claim))
+                task = asyncio.create_task(self._process(claim, slot))
                 self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+                task.add_done_callback(functools.partial(self._task_done, slot=slot))
         finally:
             await self._drain(settings.worker_shutdown_grace_s)
             await self.client.aclose()
@@ -177,13 +184,13 @@ class TeacherDispatcher:
             log.warning("shutdown: released %d batches still in flight after %.0fs", len(pending), grace_s)
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], *, slot: _Slot) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        slot.release_all()
         if not task.cancelled() and task.exception() is not None:
             log.error("batch failed", exc_info=task.exception())
 
-    async def _process(self, claim: Claim) -> None:
+    async def _process(self, claim: Claim, slot: _Slot) -> None:
         ids = [item.id for item in claim.items]
         self.worker.inflight.update(ids)
         try:
@@ -202,6 +209,7 @@ class TeacherDispatcher:
                     units.append(self._run_completions(spec, raw))
                 units.extend(self._run_chat(spec, item) for item in chat)
             outcomes = await asyncio.gather(*units)
+            slot.release_teacher()
             finished = [o for unit in outcomes for o in unit if o.completions or o.error]
             retry = [o.item for unit in outcomes for o in unit if not o.completions and not o.error]
             await self.worker.store(finished)
@@ -490,6 +498,25 @@ def _finished_row(
         "lease_expires_at": None,
         "prompt_token_ids": packed,
     }
+
+
+class _Slot:
+    """One batch's hold on the dispatcher's two semaphores; each is released exactly once."""
+
+    def __init__(self, teacher: asyncio.Semaphore, held: asyncio.Semaphore) -> None:
+        self._teacher: asyncio.Semaphore | None = teacher
+        self._held: asyncio.Semaphore | None = held
+
+    def release_teacher(self) -> None:
+        if self._teacher is not None:
+            self._teacher.release()
+            self._teacher = None
+
+    def release_all(self) -> None:
+        self.release_teacher()
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
