@@ -234,7 +234,7 @@ def test_another_projects_dataset_is_404(service: Service, api: httpx.Client, jo
 
 def _set_teacher_info(database_url: str, job_id: str, **changes: Any) -> None:
     """Edit a job's teacher_info in the database, to make a job from another tokenizer without a second
-    teacher (the end-to-end case with a second teacher's tokenizer comes with the lineage work)."""
+    teacher (test_mixed_tokenizers.py covers the same refusal end to end, with a second real teacher)."""
     from sqlalchemy import select, update
 
     from app.database import Database
