@@ -17,6 +17,17 @@ import httpx
 from app.tiny_teacher.serve import free_port
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `grace` seconds."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class ServiceProcess:
     """Starts the service on a free port with the given DISTILLERY_* settings and waits until it is ready."""
 
@@ -82,13 +93,7 @@ class ServiceProcess:
         raise TimeoutError(f"service at {self.url} not ready within {timeout:.0f} s; see {self.log_path}")
 
     def stop(self, grace: float = 20.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -30,6 +30,7 @@ from typing import IO, Any, Self, cast
 import httpx
 import orjson
 
+from app.service_process import stop_process
 from app.tiny_teacher.serve import free_port
 
 DEFAULT_RECORDING = Path(__file__).parent / "recordings" / "tiny_k20.json.gz"
@@ -416,13 +417,7 @@ class ReplayTeacher:
         raise TimeoutError("replay teacher did not come up")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=5)
         if self._log is not None:
             self._log.close()
             self._log = None

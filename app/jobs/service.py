@@ -57,7 +57,7 @@ async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: Gene
         known = ", ".join(s.name for s in registry.states())
         raise ApiError(422, f"unknown teacher {teacher!r}; configured: {known}", loc=["body", "teacher"])
     state = registry.state(teacher)
-    if state is None or (state.max_logprobs is None and state.served_model is None):
+    if state is None or state.served_model is None:
         await registry.refresh(teacher)
         state = registry.state(teacher)
     if state is None or state.served_model is None:

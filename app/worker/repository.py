@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -170,10 +169,3 @@ async def add_job_progress(
             )
             .execution_options(synchronize_session=False)
         )
-
-
-def count_by_job(pairs: Iterable[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, int]:
-    totals: dict[uuid.UUID, int] = defaultdict(int)
-    for job_id, value in pairs:
-        totals[job_id] += value
-    return dict(totals)

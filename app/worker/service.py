@@ -7,8 +7,8 @@ that stores the results and marks the items done, guarded by the lease so a stal
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import hashlib
 import logging
 import os
