@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
@@ -89,6 +91,34 @@ class Database:
                 log.warning("database unavailable (%s); running the unit again in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
+
+    async def listen(self, channel: str, callback: Callable[[str], None], stop: asyncio.Event) -> None:
+        """Postgres only: call `callback(payload)` for each NOTIFY on `channel` until stop is set, on a
+        connection of its own, reconnecting after losing it."""
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("cannot LISTEN on %s (%s); retrying", channel, type(exc).__name__)
+            else:
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                try:
+                    await conn.add_listener(channel, lambda _c, _pid, _ch, payload: callback(payload))
+                    callback("")  # anything created while we were not listening
+                    delay = 0.5
+                    waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())}
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    for task in waiters:
+                        task.cancel()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            delay = min(delay * 2, 10.0)
 
     async def upgrade_schema(self) -> None:
         """Run Alembic migrations up to head on this database."""

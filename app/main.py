@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(registry.run(stop), name="teacher-probe")]
         if settings.embedded_worker:
-            tasks.append(asyncio.create_task(Worker(database, settings).run(stop), name="worker"))
+            tasks.append(asyncio.create_task(Worker(database, settings, registry=registry).run(stop), name="worker"))
         try:
             yield
         finally:

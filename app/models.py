@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -92,11 +93,21 @@ class Job(Base):
     failed_items: Mapped[int] = mapped_column(Integer, default=0)
     cancelled_items: Mapped[int] = mapped_column(Integer, default=0)
     tokens_generated: Mapped[int] = mapped_column(BigInteger, default=0)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    __table_args__ = (Index("ix_jobs_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_project_created", "project_id", "created_at"),
+        Index("ix_jobs_teacher_status", "teacher", "status"),
+    )
+
+
+QUEUED = text("status = 'queued'")
+LEASED = text("status = 'leased'")
+FAILED = text("status = 'failed'")
 
 
 class Item(Base):
@@ -123,8 +134,11 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_items_job_seq"),
         UniqueConstraint("job_id", "custom_id", name="uq_items_job_custom_id"),
-        Index("ix_items_claim", "teacher", "status", "id"),
-        Index("ix_items_lease", "status", "lease_expires_at"),
+        # Partial indexes: each holds only the items in one state, so the claim, the reaper and the
+        # failures page stay small however many items are done.
+        Index("ix_items_queued", "job_id", "id", postgresql_where=QUEUED, sqlite_where=QUEUED),
+        Index("ix_items_leased", "lease_expires_at", postgresql_where=LEASED, sqlite_where=LEASED),
+        Index("ix_items_failed", "job_id", "id", postgresql_where=FAILED, sqlite_where=FAILED),
     )
 
 

@@ -2,20 +2,63 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class TeacherConfig(BaseModel):
-    """One named OpenAI-compatible teacher endpoint (a vLLM server)."""
+    """One named teacher: a model served by one or more OpenAI-compatible (vLLM) replicas.
+
+    `base_url` is the single-replica form of `replicas`. Dispatch adapts the number of requests in flight to
+    each replica's load; `max_inflight`, `batch_size` and `batch_token_budget` are upper bounds."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    base_url: HttpUrl
-    model: str = Field(description="The served model name the endpoint answers to.")
-    max_inflight: int = Field(default=4, ge=1, le=256, description="Requests kept in flight at once.")
-    batch_size: int = Field(default=64, ge=1, le=1024, description="Prompts per completions request.")
+    replicas: list[HttpUrl] = Field(min_length=1, max_length=256, description="Base URLs serving the same model.")
+    model: str = Field(description="The served model name the replicas answer to.")
+    api_key: SecretStr | None = Field(default=None, description="Sent as `Authorization: Bearer`; never shown.")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra request headers; never shown.")
+    max_inflight: int = Field(default=64, ge=1, le=1024, description="At most this many requests per replica.")
+    batch_size: int = Field(default=64, ge=1, le=1024, description="At most this many prompts per request.")
+    batch_token_budget: int = Field(
+        default=64 * 256 * 21,
+        ge=1,
+        description="At most prompts x n x max_tokens x (k+1) per request, so long generations get small batches.",
+    )
     request_timeout_s: float = Field(default=600.0, gt=0)
+    read_server_metrics: bool = Field(
+        default=True, description="Steer in-flight by the replica's /metrics (vLLM's running and waiting counts)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_url_is_one_replica(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "base_url" in data:
+            data = dict(data)
+            if "replicas" in data:
+                raise ValueError("give either 'base_url' or 'replicas', not both")
+            data["replicas"] = [data.pop("base_url")]
+        return data
+
+    @field_validator("replicas")
+    @classmethod
+    def _distinct_replicas(cls, value: list[HttpUrl]) -> list[HttpUrl]:
+        urls = [str(url).rstrip("/") for url in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("replica URLs must be distinct")
+        return value
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [str(url).rstrip("/") for url in self.replicas]
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers every request to this teacher carries (secrets in clear: for the HTTP client only)."""
+        headers = {name: value.get_secret_value() for name, value in self.headers.items()}
+        if self.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        return headers
 
 
 class Settings(BaseSettings):
@@ -26,7 +69,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str = ""
     teachers: list[TeacherConfig] = Field(
-        default_factory=lambda: [TeacherConfig(name="tiny", base_url=HttpUrl("http://127.0.0.1:8100"), model="tiny")]
+        default_factory=lambda: [TeacherConfig(name="tiny", replicas=[HttpUrl("http://127.0.0.1:8100")], model="tiny")]
     )
     database_application_name: str = Field(default="distillery", max_length=63)
     host: str = "127.0.0.1"
@@ -34,7 +77,15 @@ class Settings(BaseSettings):
 
     embedded_worker: bool = True
     worker_lease_s: float = Field(default=120.0, gt=0)
-    worker_poll_s: float = Field(default=0.5, gt=0)
+    worker_poll_s: float = Field(
+        default=0.1, gt=0, description="Idle workers look for new work this often (a read; Postgres also wakes them)."
+    )
+    project_max_inflight_items: int | None = Field(
+        default=None, ge=1, description="Per project, at most this many items in flight across teachers (None: no cap)."
+    )
+    project_max_inflight_overrides: dict[str, int] = Field(
+        default_factory=dict, description="Per-project caps by project name, over project_max_inflight_items."
+    )
     worker_max_attempts: int = Field(default=5, ge=1)
     teacher_probe_interval_s: float = Field(default=15.0, gt=0)
     teacher_outage_window_s: float = Field(
@@ -63,6 +114,19 @@ class Settings(BaseSettings):
 
     def teacher(self, name: str) -> TeacherConfig | None:
         return next((t for t in self.teachers if t.name == name), None)
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teacher_names(cls, value: list[TeacherConfig]) -> list[TeacherConfig]:
+        names = [t.name for t in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"teacher names must be unique; repeated: {', '.join(repeated)} (list replicas instead)")
+        return value
+
+    def project_inflight_cap(self, project: str) -> int | None:
+        """The most items the project may have in flight at once, or None for no cap."""
+        return self.project_max_inflight_overrides.get(project, self.project_max_inflight_items)
 
     # --- datasets ---
     datasets_dir: Path | None = Field(default=None, description="Shards and manifests; default <data_dir>/datasets.")

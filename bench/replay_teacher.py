@@ -41,7 +41,14 @@ CHAT_TURNS = [
     "Merge two sorted lists.",
     "Read a CSV file and print each row.",
 ]
-STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 501: "Not Implemented"}
+STATUS_TEXT = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    501: "Not Implemented",
+}
 
 
 # ---------------------------------------------------------------------------------------------- recording
@@ -323,20 +330,46 @@ def _error(status: int, message: str, kind: str, param: str | None = None) -> by
 # ---------------------------------------------------------------------------------------------- the server
 
 
-class _HttpProtocol(asyncio.Protocol):
-    """HTTP/1.1 with keep-alive and Content-Length bodies: just what httpx sends."""
+Reply = tuple[int, bytes] | tuple[int, bytes, str]
 
-    def __init__(self, responder: Responder) -> None:
-        self.responder = responder
+
+class HttpProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive and Content-Length bodies (just what httpx sends); subclasses answer requests.
+
+    `handle` returns a reply, or None to answer later with `respond` (requests pipelined behind a deferred one
+    wait in the buffer, so replies keep their order)."""
+
+    def __init__(self) -> None:
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self._deferred = False
+        self._close_after = False
+
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply | None:
+        """The reply to one request: (status, body[, content type]), or None to answer later with `respond`."""
+        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but quacks alike
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while self.transport is not None:
+        self._serve_buffered()
+
+    def respond(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+        """Answer the deferred request, then go on with any requests buffered behind it."""
+        if not self._deferred:
+            return
+        self._deferred = False
+        if self.transport is not None:
+            self._send(status, payload, self._close_after, content_type)
+            self._serve_buffered()
+
+    def _serve_buffered(self) -> None:
+        while self.transport is not None and not self._deferred:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
@@ -354,22 +387,38 @@ class _HttpProtocol(asyncio.Protocol):
                 return
             body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
+            close = headers.get("connection", "").lower() == "close"
+            reply: Reply | None
             try:
-                status, payload = self.responder.handle(method, target, body)
+                reply = self.handle(method, target, headers, body)
             except Exception as exc:  # a malformed request must not take the server down
-                status, payload = 400, _error(400, f"replay could not answer: {exc!r}", "BadRequestError")
-            self._send(status, payload, headers.get("connection", "").lower() == "close")
+                reply = 400, _error(400, f"could not answer: {exc!r}", "BadRequestError")
+            if reply is None:
+                self._deferred, self._close_after = True, close
+                return
+            self._send(reply[0], reply[1], close, *reply[2:])
 
-    def _send(self, status: int, payload: bytes, close: bool) -> None:
+    def _send(self, status: int, payload: bytes, close: bool, content_type: str = "application/json") -> None:
         assert self.transport is not None
         head = (
-            f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+            f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}\r\ncontent-type: {content_type}\r\n"
             f"content-length: {len(payload)}\r\nconnection: {'close' if close else 'keep-alive'}\r\n\r\n"
         ).encode()
         self.transport.writelines([head, payload])
         if close:
             self.transport.close()
             self.transport = None
+
+
+class _HttpProtocol(HttpProtocol):
+    """The replay server's protocol: every request answered at once by the Responder."""
+
+    def __init__(self, responder: Responder) -> None:
+        super().__init__()
+        self.responder = responder
+
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply | None:
+        return self.responder.handle(method, target, body)
 
 
 async def serve(recording: Path, host: str, port: int) -> None:

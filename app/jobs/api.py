@@ -9,7 +9,16 @@ from pydantic import Field
 from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
 from app.errors import error_responses
 from app.jobs import service
-from app.jobs.schemas import FailurePage, GenerationParams, JobCreate, JobKind, JobPage, JobRead
+from app.jobs.schemas import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    FailurePage,
+    GenerationParams,
+    JobCreate,
+    JobKind,
+    JobPage,
+    JobRead,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 503))
 
@@ -33,6 +42,7 @@ class JobUploadForm(GenerationParams):
 
     teacher: str = Field(min_length=1, max_length=64)
     kind: JobKind = "generate"
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher first.")
     file: UploadFile = Field(description="JSONL, one prompt record per line.")
 
 
@@ -74,10 +84,10 @@ async def upload_job(
     principal: PrincipalDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
-    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "kind", "file"}))
+    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "kind", "priority", "file"}))
     digest = ""
     if idempotency_key is not None:
-        fields = f"{form.teacher}\n{form.kind}\n{params.model_dump_json()}".encode()
+        fields = f"{form.teacher}\n{form.kind}\n{form.priority}\n{params.model_dump_json()}".encode()
         digest = await service.upload_digest(form.file, fields)
     job, replayed = await service.create_idempotently(
         database,
@@ -86,7 +96,7 @@ async def upload_job(
         idempotency_key,
         digest,
         lambda session: service.create_job_from_upload(
-            session, registry, settings, form.teacher, params, form.file, principal.project_id, form.kind
+            session, registry, settings, form.teacher, params, form.file, principal.project_id, form.kind, form.priority
         ),
     )
     _replayed(response, replayed)

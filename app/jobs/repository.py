@@ -14,12 +14,19 @@ from app.database import dialect_insert
 from app.models import IdempotencyKey, Item, Job, JobProgress, utcnow
 
 PROGRESS_BUCKET_S = 10
+JOBS_CHANNEL = "distillery_jobs"
 
 
 async def insert_job(session: AsyncSession, job: Job) -> Job:
     session.add(job)
     await session.flush()
     return job
+
+
+async def notify_workers(session: AsyncSession, teacher: str) -> None:
+    """Postgres: wake idle workers when this transaction commits (NOTIFY is delivered on commit)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_notify(JOBS_CHANNEL, teacher)))
 
 
 async def insert_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ JobKind = Literal["generate", "score"]
 ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
 
 MAX_SEED = 2**31 - 1
+MIN_PRIORITY, MAX_PRIORITY = -10, 10
 
 
 class Message(BaseModel):
@@ -73,6 +74,12 @@ class JobCreate(BaseModel):
         "forcing, storing its top-k at every response position (sampling params other than top_logprobs unused).",
     )
     params: GenerationParams = Field(default_factory=GenerationParams)
+    priority: int = Field(
+        default=0,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="Higher first: a teacher serves a job only while no runnable job of higher priority waits.",
+    )
     prompts: list[PromptRecord] = Field(min_length=1)
 
 
@@ -89,6 +96,7 @@ class JobRead(BaseModel):
     teacher: str
     kind: JobKind
     status: JobStatus
+    priority: int
     params: GenerationParams
     counts: JobCounts
     tokens_generated: int

@@ -80,9 +80,15 @@ async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: Gene
 
 
 def _new_job(
-    project_id: uuid.UUID, teacher: str, params: GenerationParams, info: dict[str, Any], kind: str = "generate"
+    project_id: uuid.UUID,
+    teacher: str,
+    params: GenerationParams,
+    info: dict[str, Any],
+    kind: str = "generate",
+    priority: int = 0,
 ) -> Job:
     return Job(
+        priority=priority,
         id=uuid.uuid4(),
         project_id=project_id,
         teacher=teacher,
@@ -190,9 +196,11 @@ async def create_job(
         if problem is not None:
             raise ApiError(422, problem[1], loc=["body", "prompts", index, *problem[0]])
     info = await teacher_info_for(registry, body.teacher, body.params)
-    job = await repository.insert_job(session, _new_job(project_id, body.teacher, body.params, info, body.kind))
+    job = _new_job(project_id, body.teacher, body.params, info, body.kind, body.priority)
+    job = await repository.insert_job(session, job)
     job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
     await session.flush()
+    await repository.notify_workers(session, job.teacher)
     return job
 
 
@@ -230,6 +238,7 @@ async def create_job_from_upload(
     upload: AsyncReadable,
     project_id: uuid.UUID,
     kind: str = "generate",
+    priority: int = 0,
 ) -> Job:
     """Validate every line first (nothing written), then insert in chunks on a second read."""
     check_kind_params(kind, params, ["body"])
@@ -267,9 +276,10 @@ async def create_job_from_upload(
         raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
     checker.seen.clear()
     await upload.seek(0)
-    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info, kind))
+    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info, kind, priority))
     job.total_items = await _insert_records(session, job, _records_of(upload))
     await session.flush()
+    await repository.notify_workers(session, job.teacher)
     return job
 
 
@@ -309,6 +319,7 @@ async def retry_failed(session: AsyncSession, job_id: uuid.UUID, project_id: uui
             409, "the job is cancelled; its items are not dispatched again", loc=["path", "job_id"], type="conflict"
         )
     if await repository.requeue_failed_items(session, job_id):
+        await repository.notify_workers(session, job.teacher)
         await session.refresh(job)
     return job
 
@@ -345,6 +356,7 @@ async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
             teacher=j.teacher,
             kind=j.kind,
             status=j.status,
+            priority=j.priority,
             params=GenerationParams.model_validate(j.params),
             counts=JobCounts(
                 total=j.total_items,

@@ -1,4 +1,4 @@
-"""TeacherClient: the HTTP calls Distillery makes to one OpenAI-compatible (vLLM) teacher server."""
+"""TeacherClient: the HTTP calls Distillery makes to one replica of an OpenAI-compatible (vLLM) teacher."""
 
 from __future__ import annotations
 
@@ -11,29 +11,36 @@ import orjson
 from app.settings import TeacherConfig
 
 _MAX_ALLOWED = re.compile(r"max allowed:\s*(-?\d+)")
+_METRIC_LINE = re.compile(r"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# The teacher, not the prompt, is wrong: a missing or rotated key, a wrong base path or model name.
+TEACHER_FAULT_STATUS = frozenset({401, 403, 404, 405})
 
 
 class TeacherError(Exception):
-    """A failed teacher call. `transient` says whether trying again later can succeed."""
+    """A failed teacher call. `transient`: trying again later can succeed. `teacher_fault`: the replica
+    refuses every request (auth, routing), so no prompt is to blame."""
 
     def __init__(self, message: str, *, status: int | None = None, transient: bool) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.transient = transient
+        self.teacher_fault = status in TEACHER_FAULT_STATUS
 
 
 class TeacherClient:
-    """One pooled httpx client per teacher; returns raw response bytes so parsing stays separate."""
+    """One pooled httpx client per replica; returns raw response bytes so parsing stays separate.
+    The teacher's api_key and headers go on every request and nowhere else (never into messages)."""
 
-    def __init__(self, config: TeacherConfig, *, max_connections: int = 256) -> None:
+    def __init__(self, config: TeacherConfig, base_url: str | None = None, *, max_connections: int = 1024) -> None:
         self.config = config
-        self.base_url = str(config.base_url).rstrip("/")
+        self.base_url = (base_url or config.replica_urls[0]).rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
+            headers=config.request_headers(),
             timeout=httpx.Timeout(config.request_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=256),
         )
 
     async def aclose(self) -> None:
@@ -58,6 +65,47 @@ class TeacherClient:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    async def load(self) -> tuple[int, int] | None:
+        """(running, waiting) sequences from the server's Prometheus /metrics, or None when it has none."""
+        try:
+            response = await self._http.get("/metrics", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        totals = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0}
+        found = False
+        for name, value in _METRIC_LINE.findall(response.text):
+            totals[name] += float(value)
+            found = True
+        if not found:
+            return None
+        return int(totals["vllm:num_requests_running"]), int(totals["vllm:num_requests_waiting"])
+
+    async def score_tokens(
+        self, prompt: str | None, response: str | None, messages: list[dict[str, Any]] | None
+    ) -> tuple[list[int], list[int]]:
+        """Prompt and response token ids for teacher forcing, from the teacher's own /tokenize.
+
+        Raw: the prompt with the tokenizer's special tokens, the response without, each tokenized alone.
+        Chat: the conversation before the assistant turn with the generation prompt; the response is what
+        the full conversation adds to it (its template must extend the prompt, else the item fails)."""
+        model = self.config.model
+        if messages is None:
+            head = await self.post_json("/tokenize", {"model": model, "prompt": prompt})
+            tail = await self.post_json("/tokenize", {"model": model, "prompt": response, "add_special_tokens": False})
+            return _token_list(head), _token_list(tail)
+        head = await self.post_json(
+            "/tokenize", {"model": model, "messages": messages[:-1], "add_generation_prompt": True}
+        )
+        full = await self.post_json("/tokenize", {"model": model, "messages": messages, "add_generation_prompt": False})
+        prompt_ids, full_ids = _token_list(head), _token_list(full)
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise TeacherError(
+                "the chat template does not render the prompt as a prefix of the conversation", transient=False
+            )
+        return prompt_ids, full_ids[len(prompt_ids) :]
 
     async def probe_max_logprobs(self, prompt_token_ids: list[int]) -> int | None:
         """The server's --max-logprobs, read from the 400 it gives to an oversized request."""
@@ -95,6 +143,13 @@ class TeacherClient:
                 transient=response.status_code in TRANSIENT_STATUS or response.status_code >= 500,
             )
         return response.content
+
+
+def _token_list(answer: Any) -> list[int]:
+    tokens = answer.get("tokens") if isinstance(answer, dict) else None
+    if not isinstance(tokens, list):
+        raise TeacherError("the /tokenize answer has no token list", transient=True)
+    return [int(t) for t in tokens]
 
 
 def _error_message(body: bytes) -> str:

@@ -1,39 +1,109 @@
-"""All SQL of the worker: claim under a lease, renew, release, and the guarded final writes."""
+"""All SQL of the worker: pick runnable jobs, claim under a lease, renew, release, and the guarded writes."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import dialect_insert
-from app.models import Item, Job, JobProgress, Result
-from app.worker.schemas import ClaimedItem, JobSpec
+from app.models import Item, Job, JobProgress, Project, Result
+from app.teachers.schemas import IDENTITY_FIELDS
+from app.worker.schemas import ClaimedItem, JobSpec, RunnableJob
 
 
 async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
-    """Put items whose lease ran out (their worker died or stalled) back in the queue."""
-    result = await session.execute(
+    """Put items whose lease ran out (their worker died or stalled) back in the queue; a cancelled job's
+    items are cancelled instead, so they are never sent again."""
+    rows = await session.execute(
         update(Item)
         .where(Item.status == "leased", Item.lease_expires_at < now)
         .values(status="queued", lease_owner=None, lease_expires_at=None)
+        .returning(Item.id)
+        .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    reaped = list(rows.scalars())
+    await cancel_items_of_cancelled_jobs(session, reaped)
+    return len(reaped)
 
 
-async def claim_items(
-    session: AsyncSession, *, teacher: str, owner: str, limit: int, lease_until: datetime, now: datetime
+async def cancel_items_of_cancelled_jobs(session: AsyncSession, item_ids: Sequence[int]) -> int:
+    """Queued items among these whose job is cancelled become cancelled, and their jobs count them."""
+    if not item_ids:
+        return 0
+    rows = await session.execute(
+        update(Item)
+        .where(
+            Item.id.in_(item_ids),
+            Item.status == "queued",
+            Item.job_id.in_(select(Job.id).where(Job.status == "cancelled")),
+        )
+        .values(status="cancelled")
+        .returning(Item.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    per_job = Counter(rows.scalars())
+    for job_id, count in sorted(per_job.items()):
+        await session.execute(update(Job).where(Job.id == job_id).values(cancelled_items=Job.cancelled_items + count))
+    return sum(per_job.values())
+
+
+async def runnable_jobs(session: AsyncSession, teacher: str) -> list[RunnableJob]:
+    """The teacher's queued or running jobs that have queued items, with what the scheduler weighs."""
+    has_queued = exists().where(Item.job_id == Job.id, Item.status == "queued")
+    rows = await session.execute(
+        select(
+            Job.id,
+            Job.kind,
+            Job.params,
+            Job.top_logprobs,
+            Job.num_samples,
+            Job.teacher_info,
+            Job.project_id,
+            Project.name,
+            Job.priority,
+            Job.created_at,
+            Job.last_claimed_at,
+        )
+        .join(Project, Project.id == Job.project_id)
+        .where(Job.teacher == teacher, Job.status.in_(("queued", "running")), has_queued)
+    )
+    jobs = []
+    for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed in rows.all():
+        info = info or {}
+        spec = JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=info.get("max_logprobs"))
+        identity = tuple(info.get(f) for f in IDENTITY_FIELDS)
+        jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity))
+    return jobs
+
+
+async def inflight_by_project(session: AsyncSession) -> dict[uuid.UUID, int]:
+    """Items leased right now per project (on the partial index of leased items: as small as the fleet)."""
+    rows = await session.execute(
+        select(Job.project_id, func.count())
+        .select_from(Item)
+        .join(Job, Job.id == Item.job_id)
+        .where(Item.status == "leased")
+        .group_by(Job.project_id)
+    )
+    return {project_id: int(count) for project_id, count in rows.all()}
+
+
+async def claim_job_items(
+    session: AsyncSession, *, job_id: uuid.UUID, owner: str, limit: int, lease_until: datetime, now: datetime
 ) -> list[ClaimedItem]:
-    """Lease up to `limit` queued items of this teacher, oldest first (FOR UPDATE SKIP LOCKED on Postgres)."""
+    """Lease up to `limit` queued items of one job in submission order (FOR UPDATE SKIP LOCKED on
+    Postgres), and mark the job running and just served."""
     ids = list(
         (
             await session.execute(
                 select(Item.id)
-                .where(Item.teacher == teacher, Item.status == "queued")
+                .where(Item.job_id == job_id, Item.status == "queued")
                 .order_by(Item.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -50,27 +120,18 @@ async def claim_items(
         .execution_options(synchronize_session=False)
     )
     claimed = [ClaimedItem(*row) for row in rows.all()]
-    job_ids = {c.job_id for c in claimed}
     await session.execute(
         update(Job)
-        .where(Job.id.in_(job_ids), Job.status == "queued")
-        .values(status="running", started_at=now)
+        .where(Job.id == job_id)
+        .values(
+            status=case((Job.status == "queued", "running"), else_=Job.status),
+            started_at=func.coalesce(Job.started_at, now),
+            last_claimed_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     claimed.sort(key=lambda c: c.id)
     return claimed
-
-
-async def job_specs(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, JobSpec]:
-    rows = await session.execute(
-        select(Job.id, Job.kind, Job.params, Job.top_logprobs, Job.num_samples, Job.teacher_info).where(
-            Job.id.in_(list(job_ids))
-        )
-    )
-    return {
-        job_id: JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=(info or {}).get("max_logprobs"))
-        for job_id, kind, params, k, n, info in rows.all()
-    }
 
 
 async def renew_leases(session: AsyncSession, *, owner: str, item_ids: Sequence[int], lease_until: datetime) -> int:
@@ -113,17 +174,20 @@ async def finish_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 
 async def release_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int], refund: bool = False) -> int:
     """Give leased items back to the queue (a transient failure, or a shutdown); `refund` returns the
-    attempt their claim counted."""
+    attempt their claim counted. Items of a cancelled job are cancelled instead."""
     if not item_ids:
         return 0
     attempts = Item.attempts - 1 if refund else Item.attempts
-    result = await session.execute(
+    rows = await session.execute(
         update(Item)
         .where(Item.id.in_(item_ids), Item.lease_owner == owner, Item.status == "leased")
         .values(status="queued", lease_owner=None, lease_expires_at=None, attempts=attempts)
+        .returning(Item.id)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    released = list(rows.scalars())
+    await cancel_items_of_cancelled_jobs(session, released)
+    return len(released)
 
 
 async def add_job_progress(

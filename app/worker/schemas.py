@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from app.teachers.parsing import ParsedCompletion
@@ -33,6 +34,19 @@ class JobSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RunnableJob:
+    """A job of a teacher with queued items, and what the scheduler weighs to pick the next one."""
+
+    spec: JobSpec
+    project_id: uuid.UUID
+    project: str
+    priority: int
+    created_at: datetime
+    last_claimed_at: datetime | None
+    identity: tuple[object, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     items: list[ClaimedItem]
     jobs: dict[uuid.UUID, JobSpec]
@@ -45,3 +59,4 @@ class ItemOutcome:
     item: ClaimedItem
     completions: list[ParsedCompletion] = field(default_factory=list)
     error: str | None = None
+    teacher_fault: bool = False  # the replica refused the request as a whole: give the item back, no attempt

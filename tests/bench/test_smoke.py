@@ -125,7 +125,12 @@ def test_saturation(tmp_path: Path, teacher: Teacher, postgres: None) -> None:
         "saturation",
         tmp_path / "sat.json",
         *("--teacher-url", teacher.base_url, "--prompts", "8", "--max-tokens", "8"),
-        *("--batch", "4", "--inflight", "2", "--runs", "1"),
+        *("--bare-batch", "4", "--rounds", "1"),
     )
-    positive_summary(data["ratio"])
+    assert data["bare_client"] == {"requests_in_flight": 2, "prompts_per_request": 4}
+    assert data["distillery"] == {"settings": "defaults", "jobs": 1}
+    (round_,) = data["rounds"]
+    assert round_["bare"]["tokens"] > 0 and round_["distillery"]["tokens"] > 0
+    for key in ("bare_tokens_per_s", "distillery_tokens_per_s", "ratio"):
+        positive_summary(data[key])
     assert data["postgres_bytes_per_token"]["median"] > 126

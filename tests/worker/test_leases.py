@@ -21,10 +21,11 @@ from app.models import Item, Job, Result, utcnow
 from app.settings import Settings, TeacherConfig
 from app.teachers.parsing import ParsedCompletion
 from app.worker import repository
-from app.worker.schemas import ItemOutcome
+from app.worker.schemas import Claim, ItemOutcome
 from app.worker.service import Worker
 
 TEACHER = "lease-test"  # never served, so the test service's worker leaves these items alone
+IDENTITY = (None, None, None, 20)  # what make_job records: only max_logprobs is known
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -69,6 +70,10 @@ def outcome_for(item: object, n: int = 1) -> ItemOutcome:
     return ItemOutcome(item, completions=completions)  # type: ignore[arg-type]
 
 
+async def claim_from(worker: Worker, limit: int) -> Claim:
+    return await worker.claim(TEACHER, IDENTITY, lambda spec: limit)
+
+
 async def counts(db: Database, job_id: uuid.UUID) -> tuple[int, int, str]:
     async with db.transaction(readonly=True) as session:
         results = await session.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id))
@@ -81,13 +86,13 @@ async def test_expired_lease_goes_to_the_next_worker_and_the_stale_write_is_a_no
     job_id = await make_job(database, 3)
     a = Worker(database, settings(lease_s=0.2), worker_id="worker-a")
     b = Worker(database, settings(lease_s=60), worker_id="worker-b")
-    claim_a = await a.claim(TEACHER, 10)
+    claim_a = await claim_from(a, 10)
     assert [i.attempts for i in claim_a.items] == [1, 1, 1]
-    assert (await b.claim(TEACHER, 10)).items == [], "leased items are not claimable"
+    assert (await claim_from(b, 10)).items == [], "leased items are not claimable"
 
     await asyncio.sleep(0.4)
     await b.reap()
-    claim_b = await b.claim(TEACHER, 10)
+    claim_b = await claim_from(b, 10)
     assert sorted(i.id for i in claim_b.items) == sorted(i.id for i in claim_a.items)
     assert [i.attempts for i in claim_b.items] == [2, 2, 2]
 
@@ -103,7 +108,7 @@ async def test_expired_lease_goes_to_the_next_worker_and_the_stale_write_is_a_no
 async def test_release_and_renew(database: Database) -> None:
     await make_job(database, 2)
     w = Worker(database, settings(lease_s=30), worker_id="worker-r")
-    claim = await w.claim(TEACHER, 10)
+    claim = await claim_from(w, 10)
     ids = [i.id for i in claim.items]
     until = utcnow() + timedelta(hours=1)
     async with database.transaction() as session:
