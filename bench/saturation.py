@@ -104,7 +104,13 @@ async def bare_client(base_url: str, bodies: list[tuple[int, bytes]]) -> dict[st
         counts = await asyncio.gather(*(one(prompts, body) for prompts, body in bodies))
         elapsed = time.perf_counter() - started
     tokens = sum(counts)
-    return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "requests": len(bodies)}
+    return {
+        "tokens": tokens,
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "requests": len(bodies),
+        "prompts_per_request": max(prompts for prompts, _ in bodies),
+    }
 
 
 def write_prompt_files(groups: Groups, workdir: Path) -> dict[int, Path]:
@@ -260,7 +266,7 @@ def main() -> None:
             "prompts_by_max_tokens": {str(t): len(p) for t, p in groups.items()},
             "order": "longest max_tokens first, on both sides",
         },
-        "bare_client": {"requests_in_flight": bare[0]["requests"], "prompts_per_request": args.bare_batch},
+        "bare_client": {"requests_in_flight": bare[0]["requests"], "prompts_per_request": bare[0]["prompts_per_request"]},
         "distillery": {"settings": "defaults", "jobs": len(groups)},
         "bare_tokens_per_s": summary([b["tokens_per_s"] for b in bare]),
         "distillery_tokens_per_s": summary([d["tokens_per_s"] for d in dist]),

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
-import pytest
 from sqlalchemy import func, select
 
 from app.auth.repository import insert_project
@@ -26,19 +23,6 @@ from app.worker.service import Worker
 
 TEACHER = "lease-test"  # never served, so the test service's worker leaves these items alone
 IDENTITY = (None, None, None, 20)  # what make_job records: only max_logprobs is known
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = (
-        request.getfixturevalue("postgres_url")
-        if request.param == "postgres"
-        else (f"sqlite+aiosqlite:///{tmp_path / 'lease.db'}")
-    )
-    db = Database(url)
-    await db.upgrade_schema()
-    yield db
-    await db.dispose()
 
 
 def settings(lease_s: float) -> Settings:
