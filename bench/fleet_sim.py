@@ -156,9 +156,10 @@ class FleetSimulator:
 # --------------------------------------------------------------------------------------- load (self-check)
 
 
-async def _drive(urls: list[str], args: argparse.Namespace, api_key: str | None) -> int:
-    """Keep `concurrency` completions requests in flight per replica for `seconds`; the requests answered."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+async def _drive(fleet: FleetSimulator, args: argparse.Namespace) -> dict[str, Any]:
+    """Keep `concurrency` completions requests in flight per replica; after a warm-up, measure a window of
+    `seconds` (tokens from the replicas' counters, so partly generated sequences count too)."""
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = {
         "model": args.served_model_name,
         "prompt": [f"def f_{i}():" for i in range(args.batch)],
@@ -166,48 +167,52 @@ async def _drive(urls: list[str], args: argparse.Namespace, api_key: str | None)
         "logprobs": args.k,
         "temperature": 1.0,
     }
-    deadline = time.monotonic() + args.seconds
-    answered = 0
+    stop = asyncio.Event()
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal answered
-        while time.monotonic() < deadline:
+        while not stop.is_set():
             response = await client.post("/v1/completions", json=body, headers=headers)
             response.raise_for_status()
-            answered += 1
 
-    clients = [httpx.AsyncClient(base_url=url, timeout=600) for url in urls]
+    async def reading() -> tuple[float, float, float, float]:
+        metrics = await asyncio.to_thread(fleet.metrics)
+        tokens = sum(m.get("vllm:generation_tokens_total", 0) for m in metrics)
+        return tokens, fleet.cpu_seconds(), sum(me.cpu_times()[:2]), time.perf_counter()
+
+    me = psutil.Process()
+    clients = [httpx.AsyncClient(base_url=url, timeout=600) for url in fleet.urls]
+    workers = [asyncio.create_task(worker(c)) for c in clients for _ in range(args.concurrency)]
     try:
-        await asyncio.gather(*(worker(c) for c in clients for _ in range(args.concurrency)))
+        await asyncio.sleep(args.warmup)
+        tokens0, cpu0, mine0, wall0 = await reading()
+        await asyncio.sleep(args.seconds)
+        tokens1, cpu1, mine1, wall1 = await reading()
+        stop.set()
+        await asyncio.gather(*workers)
     finally:
+        for task in workers:
+            task.cancel()
         for client in clients:
             await client.aclose()
-    return answered
-
-
-def load(args: argparse.Namespace) -> dict[str, Any]:
-    """Drive a fresh fleet with a plain client; tok/s (from the replicas' counters) and everyone's CPU."""
-    options = options_from(args)
-    with FleetSimulator(args.replicas, options) as fleet:
-        me = psutil.Process()
-        tokens0 = sum(m.get("vllm:generation_tokens_total", 0) for m in fleet.metrics())
-        cpu0, mine0, wall0 = fleet.cpu_seconds(), sum(me.cpu_times()[:2]), time.perf_counter()
-        answered = asyncio.run(_drive(fleet.urls, args, options.api_key))
-        wall = time.perf_counter() - wall0
-        cpu, mine = fleet.cpu_seconds() - cpu0, sum(me.cpu_times()[:2]) - mine0
-        tokens = sum(m.get("vllm:generation_tokens_total", 0) for m in fleet.metrics()) - tokens0
+    wall, tokens, cpu = wall1 - wall0, tokens1 - tokens0, cpu1 - cpu0
+    capacity = len(fleet.urls) * args.capacity
     return {
-        "replicas": args.replicas,
-        "capacity_total": args.replicas * args.capacity,
-        "requests": answered,
+        "replicas": len(fleet.urls),
+        "capacity_total": capacity,
         "tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
-        "of_capacity": tokens / wall / (args.replicas * args.capacity),
+        "of_capacity": tokens / wall / capacity,
         "replicas_cores": cpu / wall,
-        "replicas_cpu_us_per_token": cpu / tokens * 1e6 if tokens else None,
-        "client_cores": mine / wall,
+        "replicas_cpu_us_per_token": cpu / max(tokens, 1) * 1e6,
+        "client_cores": (mine1 - mine0) / wall,
     }
+
+
+def load(args: argparse.Namespace) -> dict[str, Any]:
+    """Drive a fresh fleet with a plain client; tok/s and the replicas' and client's CPU over a window."""
+    with FleetSimulator(args.replicas, options_from(args)) as fleet:
+        return asyncio.run(_drive(fleet, args))
 
 
 def main() -> None:
@@ -221,7 +226,8 @@ def main() -> None:
     fleet.add_argument("--replicas", type=int, default=4)
     drive = sub.add_parser("load", help="drive a fleet with a plain client; report tok/s and CPU")
     drive.add_argument("--replicas", type=int, default=8)
-    drive.add_argument("--seconds", type=float, default=20)
+    drive.add_argument("--seconds", type=float, default=20, help="the measured window")
+    drive.add_argument("--warmup", type=float, default=3, help="seconds of load before the window")
     drive.add_argument("--concurrency", type=int, default=4, help="requests in flight per replica")
     drive.add_argument("--batch", type=int, default=64, help="prompts per request")
     drive.add_argument("--max-tokens", type=int, default=128)

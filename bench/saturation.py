@@ -108,7 +108,7 @@ async def bare_client(base_url: str, bodies: list[tuple[int, bytes]]) -> dict[st
         "tokens": tokens,
         "seconds": elapsed,
         "tokens_per_s": tokens / elapsed,
-        "requests": len(bodies),
+        "requests_in_flight": len(bodies),
         "prompts_per_request": max(prompts for prompts, _ in bodies),
     }
 
@@ -266,7 +266,7 @@ def main() -> None:
             "prompts_by_max_tokens": {str(t): len(p) for t, p in groups.items()},
             "order": "longest max_tokens first, on both sides",
         },
-        "bare_client": {"requests_in_flight": bare[0]["requests"], "prompts_per_request": bare[0]["prompts_per_request"]},
+        "bare_client": {key: bare[0][key] for key in ("requests_in_flight", "prompts_per_request")},
         "distillery": {"settings": "defaults", "jobs": len(groups)},
         "bare_tokens_per_s": summary([b["tokens_per_s"] for b in bare]),
         "distillery_tokens_per_s": summary([d["tokens_per_s"] for d in dist]),

@@ -36,6 +36,8 @@ class FaultProxy:
         self.faults: list[str] = []  # consumed one per generation request, in order
         self.fault_every: str | None = None  # applied to every generation request while set
         self.delay_s = 0.0
+        self.authorization: str | None = None  # when set, replaces the client's Authorization header
+        self.statuses: Counter[int] = Counter()  # upstream status codes of generation requests
         self.timeout_s = 30.0
         self.in_flight = 0
         self.response_sent = threading.Event()
@@ -60,6 +62,13 @@ class FaultProxy:
             if self.faults:
                 return self.faults.pop(0)
             return self.fault_every
+
+    def _forwarded_headers(self, request: Request) -> dict[str, str]:
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        authorization = self.authorization or request.headers.get("authorization")
+        if authorization:
+            headers["authorization"] = authorization
+        return headers
 
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
@@ -90,13 +99,16 @@ class FaultProxy:
                     request.method,
                     request.url.path,
                     content=body,
-                    headers={"content-type": request.headers.get("content-type", "application/json")},
+                    headers=self._forwarded_headers(request),
                 )
             if self.delay_s and generation:
                 await asyncio.sleep(self.delay_s)
         finally:
             self.in_flight -= 1
         content = upstream.content
+        if generation:
+            with self._lock:
+                self.statuses[upstream.status_code] += 1
         if fault == "broken_json":
             content = content[: len(content) // 2]
         if fault == "drop":

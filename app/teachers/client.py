@@ -67,11 +67,9 @@ class TeacherClient:
         return response.status_code == 200
 
     async def load(self) -> tuple[int, int] | None:
-        """(running, waiting) sequences from the server's Prometheus /metrics, or None when it has none."""
-        try:
-            response = await self._http.get("/metrics", timeout=2.0)
-        except httpx.HTTPError:
-            return None
+        """(running, waiting) sequences from the server's Prometheus /metrics; None when it has no such
+        metrics. A busy server may answer slowly: transport errors raise (try again later)."""
+        response = await self._http.get("/metrics", timeout=10.0)
         if response.status_code != 200:
             return None
         totals = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0}

@@ -50,7 +50,7 @@ METRICS_RETRY_S = 30.0
 STORE_BACKLOG_PER_REPLICA = 4
 
 
-@dataclass
+@dataclass(eq=False)
 class ReplicaLoad:
     """What this worker has in flight on one replica, and how much it may."""
 
@@ -62,6 +62,7 @@ class ReplicaLoad:
     backoff_until: float = 0.0
     down_since: float | None = None
     metrics_retry_at: float = 0.0
+    next_reading_at: float = 0.0
     uses_metrics: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -326,23 +327,40 @@ class TeacherDispatcher:
         return now - load.down_since < self.worker.settings.teacher_outage_window_s
 
     async def _watch_load(self, stop: asyncio.Event) -> None:
-        """Feed each busy replica's controller with the server's running and waiting counts."""
+        """Feed each busy replica's controller with the server's running and waiting counts. A replica
+        without such metrics is steered by throughput instead (and asked again now and then)."""
         if not self.config.read_server_metrics:
             return
+        pending: dict[ReplicaLoad, asyncio.Task[tuple[int, int] | None]] = {}
         while not stop.is_set():
             now = time.monotonic()
-            busy = [lo for lo in self.loads if lo.sequences and lo.replica.healthy and lo.metrics_retry_at <= now]
-            readings = await asyncio.gather(*(lo.replica.client.load() for lo in busy), return_exceptions=True)
-            for lo, reading in zip(busy, readings, strict=True):
+            for lo in self.loads:
+                due = lo.metrics_retry_at <= now and lo.next_reading_at <= now
+                if lo.sequences and lo.replica.healthy and due and lo not in pending:
+                    lo.next_reading_at = now + LOAD_POLL_S
+                    pending[lo] = asyncio.create_task(lo.replica.client.load())
+            for lo, task in list(pending.items()):
+                if not task.done():
+                    continue  # a busy server answers slowly; read it when it does
+                del pending[lo]
+                reading = None if task.cancelled() or task.exception() else task.result()
                 if isinstance(reading, tuple):
                     lo.uses_metrics = True
                     lo.controller.on_server_load(reading[0], reading[1], lo.sequences)
-                else:
+                    log.debug(
+                        "load %s: running %d, waiting %d; ours %d, target %d",
+                        lo.replica.url,
+                        *reading,
+                        lo.sequences,
+                        lo.controller.target,
+                    )
+                    self._changed.set()
+                elif not task.cancelled() and task.exception() is None:
                     lo.uses_metrics = False
                     lo.metrics_retry_at = now + METRICS_RETRY_S
-            if busy:
-                self._changed.set()
-            await _sleep_or_stop(stop, LOAD_POLL_S)
+            await _sleep_or_stop(stop, LOAD_POLL_S / 5)
+        for task in pending.values():
+            task.cancel()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
