@@ -2,8 +2,8 @@
 
 import uuid
 
-from app.worker.schemas import JobSpec
 from app.teachers.requests import chat_body, chat_top_logprobs, completions_body, item_seed
+from app.worker.schemas import JobSpec
 
 PARAMS = {"max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "stop": None, "seed": 7}
 
