@@ -60,10 +60,12 @@ class Config:
 def fleet_service(
     replicas: int, options: ReplicaOptions, data_dir: Path
 ) -> Iterator[tuple[FleetSimulator, ServiceProcess]]:
-    """A fresh database, a fleet of simulated replicas, and the service (default dispatch) on both, ready."""
+    """A fresh database, a fleet of simulated replicas, and the service (default dispatch) on both, started."""
     with fresh_postgres() as db_url, FleetSimulator(replicas, options, log_dir=data_dir / "replicas") as fleet:
         teachers = [{"name": TEACHER, "model": options.served_model_name, "replicas": fleet.urls}]
-        with ServiceProcess(data_dir=data_dir, teachers=teachers, database_url=db_url) as service:
+        # dispatch at its defaults; only the shutdown drain is short, so a run with work left ends promptly
+        quick_exit = {"DISTILLERY_WORKER_SHUTDOWN_GRACE_S": "1"}
+        with ServiceProcess(data_dir=data_dir, teachers=teachers, database_url=db_url, extra_env=quick_exit) as service:
             yield fleet, service
 
 

@@ -184,3 +184,31 @@ def test_terminated_database_connections_mid_job(teacher: Teacher, postgres_url:
     assert stats["results"] == 400 and stats["duplicates"] == 0
     assert set(answers) <= {"200", "503"}, answers
     assert answers["200"] > 0
+
+
+def test_a_cancelled_job_is_never_sent_again(proxied: tuple[httpx.Client, FaultProxy, str]) -> None:
+    """Cancel while requests are in flight that then fail (transient 504s): their items come back from the
+    teacher after the cancel, and must be cancelled, not queued and sent again."""
+    api, proxy, database_url = proxied
+    proxy.timeout_s = 2.0  # each hung request answers 504 after 2 s (the service's own timeout is 3 s)
+    proxy.faults = ["timeout"] * 4
+    prompts = [{"prompt": f"def cancelled_{i}():"} for i in range(120)]
+    body = {"teacher": "proxied", "params": {"max_tokens": 8, "top_logprobs": 3}, "prompts": prompts}
+    keys = [p["prompt"] for p in prompts]
+    job = api.post("/v1/jobs", json=body).json()
+    deadline = time.monotonic() + 30
+    while sum(proxy.sent[k] for k in keys) < 32 and time.monotonic() < deadline:  # two batches of 16 hang
+        time.sleep(0.05)
+    assert sum(proxy.sent[k] for k in keys) >= 32, "no request in flight to cancel under"
+    cancelled = api.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    settled = wait_done(api, job["id"], timeout=60)  # pending 0: every in-flight item came back and settled
+    sent_at_settle = {k: proxy.sent[k] for k in keys}
+    time.sleep(3.0)  # several poll intervals and backoffs: anything released as queued would go out again
+    assert {k: proxy.sent[k] for k in keys} == sent_at_settle, "a prompt of the cancelled job was sent again"
+    assert max(sent_at_settle.values()) == 1, "a prompt of the cancelled job went out twice"
+    counts = settled["counts"]
+    assert counts["cancelled"] > 0 and counts["done"] + counts["failed"] + counts["cancelled"] == 120
+    stats = result_stats(database_url, job["id"])
+    assert stats.get("items_queued", 0) == 0 and stats.get("items_leased", 0) == 0
+    assert stats["results"] == counts["done"]
