@@ -1,6 +1,6 @@
 """Request dependencies. The request's session is the edge that opens and commits its transaction."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from app.database import Database
 from app.errors import ApiError
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
+from app.worker.service import Worker
 
 
 def get_database(request: Request) -> Database:
@@ -23,6 +24,16 @@ def get_database(request: Request) -> Database:
 def get_registry(request: Request) -> TeacherRegistry:
     registry: TeacherRegistry = request.app.state.registry
     return registry
+
+
+def get_wake_workers(request: Request) -> Callable[[], None]:
+    """Wakes this process's embedded worker at once (new work); other processes hear Postgres NOTIFY."""
+    worker: Worker | None = getattr(request.app.state, "worker", None)
+    return worker.wake if worker is not None else _nothing
+
+
+def _nothing() -> None:
+    return None
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -69,3 +80,4 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 RegistryDep = Annotated[TeacherRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+WakeWorkersDep = Annotated[Callable[[], None], Depends(get_wake_workers)]

@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         stop = asyncio.Event()
         tasks = [asyncio.create_task(registry.run(stop), name="teacher-probe")]
-        if settings.embedded_worker:
-            tasks.append(asyncio.create_task(Worker(database, settings, registry=registry).run(stop), name="worker"))
+        app.state.worker = Worker(database, settings, registry=registry) if settings.embedded_worker else None
+        if app.state.worker is not None:
+            tasks.append(asyncio.create_task(app.state.worker.run(stop), name="worker"))
         try:
             yield
         finally:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Header, Query, Response, UploadFile, status
 from pydantic import Field
 
-from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep
+from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep, WakeWorkersDep
 from app.errors import error_responses
 from app.jobs import service
 from app.jobs.schemas import (
@@ -60,6 +60,7 @@ async def create_job(
     registry: RegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    wake_workers: WakeWorkersDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
     job, replayed = await service.create_idempotently(
@@ -71,6 +72,7 @@ async def create_job(
         lambda session: service.create_job(session, registry, settings, body, principal.project_id),
     )
     _replayed(response, replayed)
+    wake_workers()
     return job
 
 
@@ -82,6 +84,7 @@ async def upload_job(
     registry: RegistryDep,
     settings: SettingsDep,
     principal: PrincipalDep,
+    wake_workers: WakeWorkersDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
     params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "kind", "priority", "file"}))
@@ -100,6 +103,7 @@ async def upload_job(
         ),
     )
     _replayed(response, replayed)
+    wake_workers()
     return job
 
 

@@ -175,8 +175,13 @@ class RecordChecker:
             return ["response"], "only scoring jobs (kind 'score') take a response"
         if record.response is not None and len(record.response) > limits.max_prompt_chars:
             return ["response"], f"response longer than {limits.max_prompt_chars} characters"
-        if record.metadata is not None and len(orjson.dumps(record.metadata)) > limits.max_metadata_bytes:
-            return ["metadata"], f"metadata larger than {limits.max_metadata_bytes} bytes as JSON"
+        if record.metadata is not None:
+            try:
+                size = len(orjson.dumps(record.metadata))
+            except TypeError:  # orjson refuses integers past 64 bits, and so would every reader of the export
+                return ["metadata"], "metadata holds an integer outside the 64-bit range"
+            if size > limits.max_metadata_bytes:
+                return ["metadata"], f"metadata larger than {limits.max_metadata_bytes} bytes as JSON"
         if record.custom_id is not None:
             if record.custom_id in self.seen:
                 return ["custom_id"], f"custom_id {record.custom_id!r} repeats {self.seen[record.custom_id]}"

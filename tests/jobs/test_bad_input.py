@@ -76,6 +76,16 @@ def test_declared_length_over_the_limit_is_refused_before_reading(service: Servi
             422,
             ["body", "prompts", 0, "metadata"],
         ),
+        (  # found by the fuzzer: orjson (and so the export) cannot write an integer past 64 bits
+            b'{"teacher": "tiny", "prompts": [{"prompt": "a", "metadata": {"n": 18446744073709551616}}]}',
+            422,
+            ["body", "prompts", 0, "metadata"],
+        ),
+        (
+            orjson.dumps({"teacher": "tiny", "params": {"top_logprobs": 2}, "priority": 11, "prompts": [PROMPT]}),
+            422,
+            ["body", "priority"],
+        ),
         (
             orjson.dumps({"teacher": "tiny", "prompts": [{"messages": [{"role": "robot", "content": "a"}]}]}),
             422,
