@@ -267,7 +267,6 @@ class Replica:
         self.engine = Engine(options, self._finished)
         self.labels = f'{{engine="0",model_name="{name}"}}'
         self.prompt_tokens = 0
-        self.requests = 0
         self._bearer = f"Bearer {options.api_key}" if options.api_key else None
 
     def handle(
@@ -288,10 +287,9 @@ class Replica:
             return 400, _error(400, "body is not JSON", "BadRequestError")
         if request.get("model") != self.responder.model:
             return 404, _error(404, f"The model `{request.get('model')}` does not exist.", "NotFoundError")
-        accepted = self._completions(protocol, request) if path == "/v1/completions" else self._chat(protocol, request)
-        if accepted is not None:
-            return accepted
-        self.requests += 1
+        refused = self._completions(protocol, request) if path == "/v1/completions" else self._chat(protocol, request)
+        if refused is not None:
+            return refused
         assert protocol.request is not None
         self.engine.submit(protocol.request)
         return None

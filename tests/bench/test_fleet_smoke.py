@@ -1,6 +1,7 @@
 """Smoke run of the fleet simulator (bench.fleet_sim) on its own, no service involved: two replicas answer a
 4-prompt completions request vLLM-shaped, account its tokens, show the queue on /metrics, guard /v1/* with
 the API key, abort the work of a client that hangs up, and come back on the same port after a SIGKILL.
+Then the fleet and fairness benches at tiny sizes, through the service on Postgres.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 
 from bench.fleet_sim import FleetSimulator, read_metrics
 from bench.sim_replica import ReplicaOptions
+from tests.bench.test_smoke import positive_summary, postgres, run_bench  # noqa: F401 (the postgres fixture)
 
 KEY = "sim-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -114,3 +117,31 @@ def test_hang_up_aborts_and_replica_restarts(fleet: FleetSimulator) -> None:
     fleet.start_replica(1)
     assert fleet.pids[1] != old and fleet.urls[1] == url
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+# The benches on the simulator, through the service on Postgres, at tiny sizes.
+
+
+@pytest.mark.usefixtures("postgres")
+def test_fleet_bench(tmp_path: Path) -> None:
+    data = run_bench(
+        "fleet", tmp_path / "f.json", *("--rounds", "1", "--sizes", "1,2", "--prompts", "10", "--ceiling-replicas", "1")
+    )
+    assert set(data["configs"]) == {"1x", "2x", "service-bound 1x20,000"}
+    for label, runs in data["runs"].items():
+        (run,) = runs
+        assert run["tokens"] == run["prompts"] * 128, (label, run)
+        assert 0 < run["of_capacity"] <= 1.05 and run["service_cores"] > 0
+        positive_summary(data["configs"][label]["tokens_per_service_core"])
+
+
+@pytest.mark.usefixtures("postgres")
+def test_fairness_bench(tmp_path: Path) -> None:
+    data = run_bench(
+        "fairness", tmp_path / "fair.json", *("--rounds", "1", "--big", "200", "--small", "5", "--delay", "0.5")
+    )
+    for phase in ("alone", "contended", "priority"):
+        (run,) = data["runs"][phase]
+        assert run["tokens"] == 5 * 128 and run["seconds"] > 0
+    positive_summary(data["ratio"])
+    assert data["runs"]["priority"][0]["older_status"] in ("running", "completed")

@@ -7,35 +7,17 @@ talk to the session's real vLLM server.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-from tests.conftest import IN_CI, POSTGRES_ADMIN_DSN, Teacher
+from tests.conftest import Teacher
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> None:
-    """Skip without Postgres (fail under CI): the benches create and drop their own databases."""
-
-    async def ping() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-        await conn.close()
-
-    try:
-        asyncio.run(ping())
-    except (OSError, asyncpg.PostgresError) as exc:
-        if IN_CI:
-            pytest.fail(f"Postgres at {POSTGRES_ADMIN_DSN} is required under CI: {exc}")
-        pytest.skip(f"Postgres unavailable: {exc}")
 
 
 def run_bench(module: str, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:

@@ -128,7 +128,8 @@ def test_sigterm_drains_in_flight_work_then_exits(
         proxy.delay_s = 2.0
         worker = start_worker(service, tmp_path / "w.log")
         deadline = time.monotonic() + 60
-        while proxy.in_flight == 0:
+        # In flight with the job's prompts (the worker's own teacher probe also goes through the proxy).
+        while proxy.in_flight == 0 or not any(proxy.sent[p["prompt"]] for p in PROMPTS[:64]):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         stopped_at = time.monotonic()
