@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -11,10 +12,22 @@ import orjson
 from app.settings import TeacherConfig
 
 _MAX_ALLOWED = re.compile(r"max allowed:\s*(-?\d+)")
-_METRIC_LINE = re.compile(r"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
+_METRIC_LINE = re.compile(
+    r"^(vllm:num_requests_running|vllm:num_requests_waiting|vllm:generation_tokens_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)",
+    re.MULTILINE,
+)
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # The teacher, not the prompt, is wrong: a missing or rotated key, a wrong base path or model name.
 TEACHER_FAULT_STATUS = frozenset({401, 403, 404, 405})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """A replica's own counts: sequences running and waiting, tokens generated since it started."""
+
+    running: int
+    waiting: int
+    generated: float | None
 
 
 class TeacherError(Exception):
@@ -66,20 +79,23 @@ class TeacherClient:
             return False
         return response.status_code == 200
 
-    async def load(self) -> tuple[int, int] | None:
-        """(running, waiting) sequences from the server's Prometheus /metrics; None when it has no such
-        metrics. A busy server may answer slowly: transport errors raise (try again later)."""
+    async def load(self) -> ServerLoad | None:
+        """Sequences running and waiting, and tokens generated so far, from the server's Prometheus
+        /metrics; None when it has no such metrics. A busy server may answer slowly: transport errors
+        raise (try again later)."""
         response = await self._http.get("/metrics", timeout=10.0)
         if response.status_code != 200:
             return None
-        totals = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0}
-        found = False
+        totals: dict[str, float] = {}
         for name, value in _METRIC_LINE.findall(response.text):
-            totals[name] += float(value)
-            found = True
-        if not found:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        if "vllm:num_requests_running" not in totals:
             return None
-        return int(totals["vllm:num_requests_running"]), int(totals["vllm:num_requests_waiting"])
+        return ServerLoad(
+            running=int(totals["vllm:num_requests_running"]),
+            waiting=int(totals.get("vllm:num_requests_waiting", 0)),
+            generated=totals.get("vllm:generation_tokens_total"),
+        )
 
     async def score_tokens(
         self, prompt: str | None, response: str | None, messages: list[dict[str, Any]] | None

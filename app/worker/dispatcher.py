@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.settings import TeacherConfig
-from app.teachers.client import TeacherError
+from app.teachers.client import ServerLoad, TeacherError
 from app.teachers.parsing import (
     ParsedCompletion,
     TeacherResponseError,
@@ -90,25 +90,40 @@ class TeacherDispatcher:
         settings = self.worker.settings
         watcher = asyncio.create_task(self._watch_load(stop), name=f"load-{self.config.name}")
         idle = False
+        next_express = 0.0
         try:
             while not stop.is_set():
-                load = self._pick()
-                if load is None or self._storing >= STORE_BACKLOG_PER_REPLICA * len(self.loads):
+                if self._storing >= STORE_BACKLOG_PER_REPLICA * len(self.loads):
                     await self._wait_for_change(stop, 0.25)
                     continue
-                room = load.room()
+                load = self._pick()
+                express = False
+                if load is None:
+                    # Every replica is full: a job that has not started yet still gets its first batch now,
+                    # over the target, so a small job never waits for a big one's batches to come back.
+                    load = self._pick(ignore_room=True)
+                    if load is None or time.monotonic() < next_express:
+                        await self._wait_for_change(stop, 0.25)
+                        continue
+                    next_express = time.monotonic() + settings.worker_poll_s
+                    express = True
+                room = load.room() if not express else self.config.batch_size * 2
                 try:
                     claim = await self.worker.claim(
                         self.config.name,
                         load.replica.identity.key() if load.replica.identity else (),
                         functools.partial(self._batch_limit, room=room),
-                        check_first=idle,
+                        check_first=idle or express,
+                        unstarted=express,
                     )
                 except Exception:
                     log.exception("claim failed; retrying")
                     await _sleep_or_stop(stop, settings.worker_poll_s * 4)
                     continue
                 if not claim.items:
+                    if express:
+                        await self._wait_for_change(stop, 0.25)
+                        continue
                     idle = True
                     await self.worker.wait_for_work(stop)
                     continue
@@ -123,7 +138,7 @@ class TeacherDispatcher:
         by_budget = self.config.batch_token_budget // max(1, logprob_entries_per_prompt(spec))
         return max(1, min(self.config.batch_size, by_budget, room // max(1, spec.n)))
 
-    def _pick(self) -> ReplicaLoad | None:
+    def _pick(self, *, ignore_room: bool = False) -> ReplicaLoad | None:
         """The least-loaded healthy replica with room for at least a quarter batch (or with nothing in flight)."""
         now = time.monotonic()
         best: ReplicaLoad | None = None
@@ -133,7 +148,7 @@ class TeacherDispatcher:
                 continue
             if load.requests >= self.config.max_inflight:
                 continue
-            if load.sequences and load.room() < max(1, self.config.batch_size // 4):
+            if not ignore_room and load.sequences and load.room() < max(1, self.config.batch_size // 4):
                 continue
             if best is None or load.sequences / load.controller.target < best.sequences / best.controller.target:
                 best = load
@@ -331,7 +346,7 @@ class TeacherDispatcher:
         without such metrics is steered by throughput instead (and asked again now and then)."""
         if not self.config.read_server_metrics:
             return
-        pending: dict[ReplicaLoad, asyncio.Task[tuple[int, int] | None]] = {}
+        pending: dict[ReplicaLoad, asyncio.Task[ServerLoad | None]] = {}
         while not stop.is_set():
             now = time.monotonic()
             for lo in self.loads:
@@ -344,15 +359,11 @@ class TeacherDispatcher:
                     continue  # a busy server answers slowly; read it when it does
                 del pending[lo]
                 reading = None if task.cancelled() or task.exception() else task.result()
-                if isinstance(reading, tuple):
+                if reading is not None:
                     lo.uses_metrics = True
-                    lo.controller.on_server_load(reading[0], reading[1], lo.sequences)
+                    lo.controller.on_server_load(reading.running, reading.waiting, reading.generated, lo.sequences)
                     log.debug(
-                        "load %s: running %d, waiting %d; ours %d, target %d",
-                        lo.replica.url,
-                        *reading,
-                        lo.sequences,
-                        lo.controller.target,
+                        "load %s: %s; ours %d, target %d", lo.replica.url, reading, lo.sequences, lo.controller.target
                     )
                     self._changed.set()
                 elif not task.cancelled() and task.exception() is None:

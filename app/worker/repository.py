@@ -53,10 +53,11 @@ async def cancel_items_of_cancelled_jobs(session: AsyncSession, item_ids: Sequen
     return sum(per_job.values())
 
 
-async def runnable_jobs(session: AsyncSession, teacher: str) -> list[RunnableJob]:
-    """The teacher's queued or running jobs that have queued items, with what the scheduler weighs."""
+async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool = False) -> list[RunnableJob]:
+    """The teacher's queued or running jobs that have queued items, with what the scheduler weighs;
+    `unstarted`: only those never claimed from yet."""
     has_queued = exists().where(Item.job_id == Job.id, Item.status == "queued")
-    rows = await session.execute(
+    stmt = (
         select(
             Job.id,
             Job.kind,
@@ -73,6 +74,9 @@ async def runnable_jobs(session: AsyncSession, teacher: str) -> list[RunnableJob
         .join(Project, Project.id == Job.project_id)
         .where(Job.teacher == teacher, Job.status.in_(("queued", "running")), has_queued)
     )
+    if unstarted:
+        stmt = stmt.where(Job.last_claimed_at.is_(None))
+    rows = await session.execute(stmt)
     jobs = []
     for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed in rows.all():
         info = info or {}

@@ -114,16 +114,21 @@ class Worker:
         limit_for: Callable[[JobSpec], int],
         *,
         check_first: bool = False,
+        unstarted: bool = False,
     ) -> Claim:
         """Lease a batch from the job the scheduler puts first among those whose recorded teacher identity
-        is `identity`. `check_first` looks read-only before taking the write transaction (idle polling)."""
+        is `identity` (`unstarted`: among jobs never claimed from). `check_first` looks read-only before
+        taking the write transaction (idle polling)."""
         if check_first:
-            runnable = await self.database.run(lambda s: repository.runnable_jobs(s, teacher), readonly=True)
+            runnable = await self.database.run(
+                lambda s: repository.runnable_jobs(s, teacher, unstarted=unstarted), readonly=True
+            )
             if not any(j.identity == identity for j in runnable):
                 return Claim(items=[], jobs={})
 
         async def work(session: AsyncSession) -> Claim:
-            jobs = [j for j in await repository.runnable_jobs(session, teacher) if j.identity == identity]
+            runnable = await repository.runnable_jobs(session, teacher, unstarted=unstarted)
+            jobs = [j for j in runnable if j.identity == identity]
             if not jobs:
                 return Claim(items=[], jobs={})
             capped = (
