@@ -7,8 +7,8 @@ With the server's own metrics (vLLM's `/metrics`: sequences running and waiting,
 - while most of what we sent is outside its engine (a busy front end parsing requests and serializing
   answers, as a CPU server's is), raise the target: the engine must not idle meanwhile;
 - while it runs everything it is given, climb: raise the target a batch at a time as long as the server's
-  tokens/s still rises by 5%; when a raise no longer pays, step back and hold, probing again later. More sequences past that knee only slow each one (longer leases, a longer
-  wait for every other job).
+  tokens/s still rises by 5%; when a raise no longer pays, step back and hold, probing again later.
+  More sequences past that knee only slow each one (longer leases, a longer wait for every other job).
 Without metrics the same climb runs on the tokens/s of our own answers. Errors and timeouts halve it."""
 
 from __future__ import annotations
