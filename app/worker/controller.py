@@ -14,6 +14,7 @@ Without metrics the same climb runs on the tokens/s of our own answers. Errors a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 GAIN = 1.05  # a raise must lift tokens/s by 5% to count
 SETTLE_READINGS = 2  # readings at a level before it is judged
@@ -24,7 +25,10 @@ OWN_WINDOW_S = 2.0  # without server metrics: our own tokens/s over windows this
 class InflightController:
     """A target of sequences in flight, between one batch (`step`) and `ceiling`."""
 
-    def __init__(self, *, step: int, ceiling: int, start: int | None = None) -> None:
+    def __init__(
+        self, *, step: int, ceiling: int, start: int | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.clock = clock
         self.step = max(1, step)
         self.ceiling = max(self.step, ceiling)
         self.floor = self.step
@@ -33,13 +37,13 @@ class InflightController:
         self._rates: list[float] = []  # tokens/s readings at the current level
         self._hold_until = 0.0
         self._last: tuple[float, float] | None = None  # (time, generated tokens total) of the last reading
-        self._own_start = time.monotonic()
+        self._own_start = self.clock()
         self._own_tokens = 0
 
     def on_server_load(self, running: int, waiting: int, generated: float | None, inflight: int) -> None:
         """A reading of the replica's counts (all its clients): running and waiting sequences, generated
         tokens so far (a counter), with our sequences in flight."""
-        now = time.monotonic()
+        now = self.clock()
         rate = None
         if generated is not None:
             if self._last is not None and now > self._last[0] and generated >= self._last[1]:
@@ -61,7 +65,7 @@ class InflightController:
     def on_answer(self, tokens: int, inflight: int) -> None:
         """Without server metrics: climb on our own answers' tokens/s."""
         self._own_tokens += tokens
-        now = time.monotonic()
+        now = self.clock()
         if now - self._own_start < OWN_WINDOW_S:
             return
         rate = self._own_tokens / (now - self._own_start)
