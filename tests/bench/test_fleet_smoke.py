@@ -18,7 +18,7 @@ import pytest
 
 from bench.fleet_sim import FleetSimulator, read_metrics
 from bench.sim_replica import ReplicaOptions
-from tests.bench.test_smoke import positive_summary, postgres, run_bench  # noqa: F401 (the postgres fixture)
+from tests.bench.test_smoke import positive_summary, run_bench
 
 KEY = "sim-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
