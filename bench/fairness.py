@@ -27,7 +27,7 @@ from typing import Any
 
 from app.api_client import DistilleryClient
 from bench.common import prompt_set, ready_service, service_client, summary, write_prompts, write_result
-from bench.fleet import TEACHER, fleet_service, replica_options
+from bench.fleet import TEACHER, add_fleet_flags, fleet_service, replica_options
 
 TARGET_RATIO = 2.0
 HIGH_PRIORITY = 5
@@ -123,14 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--capacity", type=float, default=3000, help="generated tok/s of each replica")
-    parser.add_argument("--seqs-to-fill", type=float, default=96, help="sequences needed to reach capacity")
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--long-tail", action="store_true", help="lognormal lengths, not every one max_tokens")
-    parser.add_argument("--mean-tokens", type=float, default=128, help="with --long-tail: the uncapped mean")
-    parser.add_argument("-k", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    add_fleet_flags(parser, capacity=3000)
     parser.add_argument("--small", type=int, default=50, help="prompts of the small (late) job")
     parser.add_argument("--big", type=int, default=20_000, help="prompts of the big (early) job")
     parser.add_argument("--delay", type=float, default=5.0, help="seconds between the big and the small job")

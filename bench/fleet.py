@@ -162,6 +162,18 @@ def one_run(args: argparse.Namespace, config: Config, workdir: Path, tag: str) -
     }
 
 
+def add_fleet_flags(parser: argparse.ArgumentParser, *, capacity: float) -> None:
+    """The simulated replicas' shape and the jobs' sampling, shared by the fleet and fairness benches."""
+    parser.add_argument("--capacity", type=float, default=capacity, help="generated tok/s of each replica")
+    parser.add_argument("--seqs-to-fill", type=float, default=96, help="sequences needed to reach capacity")
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--long-tail", action="store_true", help="lognormal lengths, not every one max_tokens")
+    parser.add_argument("--mean-tokens", type=float, default=128, help="with --long-tail: the uncapped mean")
+    parser.add_argument("-k", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def replica_options(args: argparse.Namespace, capacity: float) -> ReplicaOptions:
     """The replicas' options at this capacity: --seqs-to-fill sequences at seq-rate reach it."""
     return ReplicaOptions(
@@ -207,14 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--capacity", type=float, default=3500, help="generated tok/s of each replica")
-    parser.add_argument("--seqs-to-fill", type=float, default=96, help="sequences needed to reach capacity")
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--long-tail", action="store_true", help="lognormal lengths, not every one max_tokens")
-    parser.add_argument("--mean-tokens", type=float, default=128, help="with --long-tail: the uncapped mean")
-    parser.add_argument("-k", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    add_fleet_flags(parser, capacity=3500)
     parser.add_argument("--seconds", type=float, default=25, help="each job's length at full capacity")
     parser.add_argument("--prompts", type=int, help="prompts per replica (instead of sizing by --seconds)")
     parser.add_argument("--ceiling-replicas", type=int, default=8, help="0: no service-bound configuration")

@@ -31,6 +31,7 @@ import psutil
 
 from app.service_process import stop_process
 from app.tiny_teacher.serve import free_port
+from bench.replay_teacher import run_until_interrupted
 from bench.sim_replica import ReplicaOptions, add_replica_flags, options_from, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,14 +237,7 @@ def main() -> None:
         add_replica_flags(p)
     args = parser.parse_args()
     if args.command == "serve":
-        try:
-            import uvloop
-
-            runner: Any = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        with contextlib.suppress(KeyboardInterrupt):
-            runner(serve(options_from(args), args.host, args.port))
+        run_until_interrupted(serve(options_from(args), args.host, args.port))
     elif args.command == "fleet":
         with FleetSimulator(args.replicas, options_from(args)) as sim:
             for url, pid in zip(sim.urls, sim.pids, strict=True):

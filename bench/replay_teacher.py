@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import IO, Any, Self, cast
 
@@ -486,6 +486,18 @@ def replay_teacher(recording: Path = DEFAULT_RECORDING) -> Iterator[ReplayTeache
         yield server
 
 
+def run_until_interrupted(server: Coroutine[Any, Any, None]) -> None:
+    """Run a server coroutine on uvloop when installed (else asyncio) until Ctrl-C or SIGTERM's exit."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -502,14 +514,7 @@ def main() -> None:
     srv.add_argument("--port", type=int, default=8200)
     args = parser.parse_args()
     if args.command == "serve":
-        try:
-            import uvloop
-
-            runner: Any = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        with contextlib.suppress(KeyboardInterrupt):
-            runner(serve(args.recording, args.host, args.port))
+        run_until_interrupted(serve(args.recording, args.host, args.port))
         return
     kwargs = {"prompts": args.prompts, "max_tokens": args.max_tokens, "k": args.k, "chats": args.chats}
     if args.teacher_url:
