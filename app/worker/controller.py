@@ -6,9 +6,10 @@ With the server's own metrics (vLLM's `/metrics`: sequences running and waiting,
   stuck behind a long queue;
 - while most of what we sent is outside its engine (a busy front end parsing requests and serializing
   answers, as a CPU server's is), raise the target: the engine must not idle meanwhile;
-- while it runs everything it is given, climb: raise the target a batch at a time as long as the server's
-  tokens/s still rises by 5%; when a raise no longer pays, step back and hold, probing again later.
-  More sequences past that knee only slow each one (longer leases, a longer wait for every other job).
+- while it runs everything it is given, hill-climb on the server's tokens/s a batch at a time: down while a
+  cut costs under 5%, up while a raise gains over 5%; at the edge, step back and hold, then probe again.
+  It settles at the fewest sequences that give full output: more past that knee only slow each one
+  (longer leases, a longer wait for every other job).
 Without metrics the same climb runs on the tokens/s of our own answers. Errors and timeouts halve it."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class InflightController:
         self.ceiling = max(self.step, ceiling)
         self.floor = self.step
         self.target = min(self.ceiling, start if start is not None else 2 * self.step)
+        self._direction = 1
+        self._climb_floor = min(self.ceiling, 2 * self.step)  # the climb never probes below two batches
         self._previous: tuple[int, float] | None = None  # (target, tokens/s) of the level below
         self._rates: list[float] = []  # tokens/s readings at the current level
         self._hold_until = 0.0
@@ -59,8 +62,8 @@ class InflightController:
             # Most of what we sent is not in the engine: it is being parsed in, or answered out, by the
             # server's front end. Nothing queues for the engine meanwhile, so send more, and fast.
             self._set(min(self.ceiling, self.target + max(self.step, self.target // 2)))
-        elif using and rate is not None:
-            self._climb(rate, now)
+        elif abs(inflight - self.target) <= self.step // 2 and rate is not None:
+            self._climb(rate, now)  # only while the target is what is in flight: else the level is not in effect
 
     def on_answer(self, tokens: int, inflight: int) -> None:
         """Without server metrics: climb on our own answers' tokens/s."""
@@ -70,7 +73,7 @@ class InflightController:
             return
         rate = self._own_tokens / (now - self._own_start)
         self._own_start, self._own_tokens = now, 0
-        if inflight >= 0.8 * self.target:
+        if abs(inflight - self.target) <= self.step // 2:
             self._climb(rate, now)
 
     def on_error(self) -> None:
@@ -78,22 +81,34 @@ class InflightController:
         self._set(max(self.floor, self.target // 2))
 
     def _climb(self, rate: float, now: float) -> None:
+        """Hill-climb on tokens/s, a batch at a time: up while a raise lifts it by 5%, down while a cut
+        costs less than 5% (fewer in flight for the same output is better); at the edge, step back to the
+        better level and hold, then probe the other way."""
         self._rates.append(rate)
         if len(self._rates) < SETTLE_READINGS or now < self._hold_until:
             return
         level = sum(self._rates[-SETTLE_READINGS:]) / SETTLE_READINGS
-        if self._previous is not None and level < self._previous[1] * GAIN:
-            back = self._previous[0]  # the last raise did not pay: step back and hold
-            self._previous = None
-            self._set(back)
-            self._hold_until = now + HOLD_S
-            return
+        if self._previous is not None:
+            before_target, before = self._previous
+            better = level >= before * GAIN if self._direction > 0 else level >= before / GAIN
+            if not better:
+                self._previous = None
+                self._set(before_target)
+                self._hold_until = now + HOLD_S
+                self._direction = -self._direction
+                return
         self._previous = (self.target, level)
-        self._set(min(self.ceiling, self.target + self.step))
+        moved = self.target + self._direction * self.step
+        if not self._climb_floor <= moved <= self.ceiling:
+            self._previous = None
+            self._direction = -self._direction
+            return
+        self._set(moved, climbing=True)
 
-    def _set(self, target: int) -> None:
+    def _set(self, target: int, *, climbing: bool = False) -> None:
+        """A new target; any change but the climb's own starts its comparison afresh."""
         if target != self.target:
             self.target = target
             self._rates = []
-        if target == self.ceiling:
-            self._previous = None
+            if not climbing:
+                self._previous = None

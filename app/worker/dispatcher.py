@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 LOAD_POLL_S = 0.5
+EXPRESS_POLL_S = 1.0  # busy: look for unstarted jobs this often unless woken (a new job announced) sooner
 METRICS_RETRY_S = 30.0
 STORE_BACKLOG_PER_REPLICA = 4
 
@@ -90,7 +91,8 @@ class TeacherDispatcher:
         settings = self.worker.settings
         watcher = asyncio.create_task(self._watch_load(stop), name=f"load-{self.config.name}")
         idle = False
-        next_express = 0.0
+        express_checked = 0.0
+        self.worker.subscribe(self._changed)
         try:
             while not stop.is_set():
                 if self._storing >= STORE_BACKLOG_PER_REPLICA * len(self.loads):
@@ -102,10 +104,12 @@ class TeacherDispatcher:
                     # Every replica is full: a job that has not started yet still gets its first batch now,
                     # over the target, so a small job never waits for a big one's batches to come back.
                     load = self._pick(ignore_room=True)
-                    if load is None or time.monotonic() < next_express:
+                    now = time.monotonic()
+                    announced = self.worker.woken_at > express_checked
+                    if load is None or (not announced and now < express_checked + EXPRESS_POLL_S):
                         await self._wait_for_change(stop, 0.25)
                         continue
-                    next_express = time.monotonic() + settings.worker_poll_s
+                    express_checked = now
                     express = True
                 room = load.room() if not express else self.config.batch_size * 2
                 try:

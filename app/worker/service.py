@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -53,6 +54,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.inflight: set[int] = set()
         self._wake: set[asyncio.Event] = set()
+        self.woken_at = 0.0  # monotonic time of the last wake-up (new work announced)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until stop is set; then stop claiming, drain in-flight batches within the grace period, and return."""
@@ -80,8 +82,13 @@ class Worker:
 
     def wake(self, _payload: str = "") -> None:
         """New work may be there (a job was created or re-queued): idle dispatchers look at once."""
+        self.woken_at = time.monotonic()
         for event in self._wake:
             event.set()
+
+    def subscribe(self, event: asyncio.Event) -> None:
+        """Have `event` set at every wake-up (a busy dispatcher's, to start new jobs at once)."""
+        self._wake.add(event)
 
     async def wait_for_work(self, stop: asyncio.Event) -> None:
         """Until woken, stopped, or the poll interval passed."""

@@ -67,7 +67,7 @@ def test_errors_halve_it_down_to_one_batch() -> None:
 def test_without_metrics_it_climbs_on_its_own_answers() -> None:
     clock = Clock()
     controller = InflightController(step=STEP, ceiling=64 * STEP, clock=clock)
-    for _ in range(400):  # answers every 0.1 s for 40 s; tokens/s grows with the target up to 500 sequences
+    for _ in range(800):  # answers every 0.1 s for 80 s; tokens/s grows with the target up to 500 sequences
         clock.now += 0.1
         inflight = controller.target
         controller.on_answer(tokens=int(0.1 * 20 * min(inflight, 500)), inflight=inflight)
