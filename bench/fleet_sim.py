@@ -88,12 +88,25 @@ class FleetSimulator:
                         pending.remove(i)
             time.sleep(0.05)
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start every replica and wait until each answers /health."""
+    def start(self, timeout: float = 30.0, tries: int = 3) -> None:
+        """Start every replica and wait until each answers /health. A replica that exits at start (its free
+        port was taken meanwhile by another process) is started again on another port."""
         for i in range(len(self.ports)):
             self._spawn(i)
         try:
-            self._wait_healthy(list(range(len(self.ports))), timeout)
+            for attempt in range(tries):
+                try:
+                    self._wait_healthy(list(range(len(self.ports))), timeout)
+                    return
+                except RuntimeError:
+                    if attempt == tries - 1:
+                        raise
+                for i, process in enumerate(self.processes):
+                    if process is not None and process.poll() is not None:
+                        self._close_log(i)
+                        self.ports[i] = free_port()
+                        self.urls[i] = f"http://127.0.0.1:{self.ports[i]}"
+                        self._spawn(i)
         except Exception:
             self.stop()
             raise

@@ -268,6 +268,7 @@ class TeacherDispatcher:
             self._note_failure(load, exc)
             return [ItemOutcome(item) for item in items]
         load.failures = 0
+        load.down_since = None  # an outage ends with the first answer; the next one is timed afresh
         return outcomes
 
     async def _run_completions(self, load: ReplicaLoad, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
