@@ -144,7 +144,7 @@ def test_a_replica_that_goes_away_mid_job_leaves_the_job_to_the_other(
             wait_for(lambda: doomed.in_flight > 0, what="requests in flight on the second replica")
             doomed.__exit__(None, None, None)  # the replica goes away with requests in flight
             done = wait_done(api, job["id"], timeout=180)
-            state = teacher_state(api, "pair")
+            state = wait_for(lambda: (s := teacher_state(api, "pair"))["replicas"][1]["healthy"] is False and s)
         assert done["status"] == "completed" and done["counts"]["done"] == 160 and done["counts"]["failed"] == 0
         stats = result_stats(postgres_url, job["id"])
         assert stats["results"] == 160 and stats.get("items_done") == 160
