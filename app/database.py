@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.waiting import wait_first
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 T = TypeVar("T")
 # Deadlock detected, serialization failure: the transaction lost a race and can simply run again.
@@ -109,15 +111,11 @@ class Database:
                     await conn.add_listener(channel, lambda _c, _pid, _ch, payload: callback(payload))
                     callback("")  # anything created while we were not listening
                     delay = 0.5
-                    waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())}
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                    for task in waiters:
-                        task.cancel()
+                    await wait_first(stop, lost)
                 finally:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_first(stop, timeout=delay)
             delay = min(delay * 2, 10.0)
 
     async def upgrade_schema(self) -> None:

@@ -8,6 +8,11 @@ from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _base_urls(urls: list[HttpUrl]) -> list[str]:
+    """Replica URLs as the clients use them: without the trailing slash pydantic adds."""
+    return [str(url).rstrip("/") for url in urls]
+
+
 class TeacherConfig(BaseModel):
     """One named teacher: a model served by one or more OpenAI-compatible (vLLM) replicas.
 
@@ -44,14 +49,14 @@ class TeacherConfig(BaseModel):
     @field_validator("replicas")
     @classmethod
     def _distinct_replicas(cls, value: list[HttpUrl]) -> list[HttpUrl]:
-        urls = [str(url).rstrip("/") for url in value]
+        urls = _base_urls(value)
         if len(set(urls)) != len(urls):
             raise ValueError("replica URLs must be distinct")
         return value
 
     @property
     def replica_urls(self) -> list[str]:
-        return [str(url).rstrip("/") for url in self.replicas]
+        return _base_urls(self.replicas)
 
     def request_headers(self) -> dict[str, str]:
         """The headers every request to this teacher carries (secrets in clear: for the HTTP client only)."""

@@ -8,7 +8,6 @@ whole (401/403/404/405) is unhealthy with that status until a probe succeeds aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from app.teachers.client import TeacherClient, TeacherError
 from app.teachers.fingerprint import chat_template_fingerprint, tokenizer_fingerprint
 from app.teachers.parsing import token_id
 from app.teachers.schemas import IDENTITY_FIELDS, LogprobsMode, ReplicaRead, TeacherIdentity, TeacherRead
+from app.waiting import wait_first
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ class TeacherRegistry:
         if config is None:
             return None
         replicas = self.replicas[name]
-        key = self._identity[name]
-        shown = next((r.identity for r in replicas if r.identity is not None and r.identity.key() == key), None)
+        shown = self.representative(name)
         reads = [self._replica_read(name, r) for r in replicas]
         healthy = any(r.in_rotation for r in reads)
         errors = [f"{r.url}: {r.error}" for r in reads if not r.in_rotation and r.error]
@@ -117,10 +116,7 @@ class TeacherRegistry:
     async def refresh(self, name: str | None = None) -> None:
         """Probe every replica (of one teacher, or all) now."""
         names = [name] if name else list(self.replicas)
-        async with self._lock:
-            await asyncio.gather(*(self._check(n, r, force=True) for n in names for r in self.replicas[n]))
-            for n in names:
-                self._settle_identity(n)
+        await self._check_all([(n, r) for n in names for r in self.replicas[n]], force=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check replicas as they fall due until stop is set."""
@@ -129,14 +125,17 @@ class TeacherRegistry:
                 now = time.monotonic()
                 due = [(n, r) for n, rs in self.replicas.items() for r in rs if r.next_check <= now]
                 if due:
-                    async with self._lock:
-                        await asyncio.gather(*(self._check(n, r) for n, r in due))
-                        for n in {n for n, _ in due}:
-                            self._settle_identity(n)
+                    await self._check_all(due, force=False)
             except Exception:
                 log.exception("teacher refresh failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+            await wait_first(stop, timeout=TICK_S)
+
+    async def _check_all(self, pairs: list[tuple[str, Replica]], *, force: bool) -> None:
+        """Check these replicas at once, then settle their teachers' identities."""
+        async with self._lock:
+            await asyncio.gather(*(self._check(n, r, force=force) for n, r in pairs))
+            for name in {n for n, _ in pairs}:
+                self._settle_identity(name)
 
     def report_fault(self, name: str, replica: Replica, exc: TeacherError) -> None:
         """A dispatcher's request was refused as a whole (401/403/404/405) or the replica went away: out of

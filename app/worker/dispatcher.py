@@ -9,7 +9,6 @@ item. A batch gives its replica room back as soon as the answer is in; storing h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -36,6 +35,7 @@ from app.teachers.requests import (
     score_body,
 )
 from app.teachers.service import Replica, TeacherRegistry
+from app.waiting import wait_first
 from app.worker.controller import InflightController
 from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
 
@@ -122,14 +122,14 @@ class TeacherDispatcher:
                     )
                 except Exception:
                     log.exception("claim failed; retrying")
-                    await _sleep_or_stop(stop, settings.worker_poll_s * 4)
+                    await wait_first(stop, timeout=settings.worker_poll_s * 4)
                     continue
                 if not claim.items:
                     if express:
                         await self._wait_for_change(stop, 0.25)
                         continue
                     idle = True
-                    await self.worker.wait_for_work(stop)
+                    await self._wait_for_change(stop, settings.worker_poll_s)
                     continue
                 idle = False
                 self._start(claim, load)
@@ -159,14 +159,9 @@ class TeacherDispatcher:
         return best
 
     async def _wait_for_change(self, stop: asyncio.Event, timeout: float) -> None:
+        """Until an answer, a load reading or a wake-up (new work) changes the picture, or the timeout."""
         self._changed.clear()
-        waiter = asyncio.create_task(self._changed.wait())
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await wait_first(self._changed, stop, timeout=timeout)
 
     def _start(self, claim: Claim, load: ReplicaLoad) -> None:
         sequences = sum(claim.jobs[i.job_id].n for i in claim.items)
@@ -374,11 +369,6 @@ class TeacherDispatcher:
                 elif not task.cancelled() and task.exception() is None:
                     lo.uses_metrics = False
                     lo.metrics_retry_at = now + METRICS_RETRY_S
-            await _sleep_or_stop(stop, LOAD_POLL_S / 5)
+            await wait_first(stop, timeout=LOAD_POLL_S / 5)
         for task in pending.values():
             task.cancel()
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.0))

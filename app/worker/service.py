@@ -8,7 +8,6 @@ SQLite an idle worker looks for runnable jobs with a short read-only poll."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from app.jobs.repository import JOBS_CHANNEL
 from app.models import utcnow
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
+from app.waiting import wait_first
 from app.worker import repository, scheduler
 from app.worker.dispatcher import TeacherDispatcher
 from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
@@ -53,7 +53,7 @@ class Worker:
         self.registry = registry
         self.id = worker_id or new_worker_id()
         self.inflight: set[int] = set()
-        self._wake: set[asyncio.Event] = set()
+        self._subscribers: set[asyncio.Event] = set()
         self.woken_at = 0.0  # monotonic time of the last wake-up (new work announced)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -83,24 +83,12 @@ class Worker:
     def wake(self, _payload: str = "") -> None:
         """New work may be there (a job was created or re-queued): idle dispatchers look at once."""
         self.woken_at = time.monotonic()
-        for event in self._wake:
+        for event in self._subscribers:
             event.set()
 
     def subscribe(self, event: asyncio.Event) -> None:
-        """Have `event` set at every wake-up (a busy dispatcher's, to start new jobs at once)."""
-        self._wake.add(event)
-
-    async def wait_for_work(self, stop: asyncio.Event) -> None:
-        """Until woken, stopped, or the poll interval passed."""
-        event = asyncio.Event()
-        self._wake.add(event)
-        try:
-            waiters = {asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())}
-            await asyncio.wait(waiters, timeout=self.settings.worker_poll_s, return_when=asyncio.FIRST_COMPLETED)
-            for task in waiters:
-                task.cancel()
-        finally:
-            self._wake.discard(event)
+        """Have `event` set at every wake-up (a dispatcher's: idle, to claim at once; busy, to start new jobs)."""
+        self._subscribers.add(event)
 
     async def _every(self, stop: asyncio.Event, interval: float, action: Any) -> None:
         while not stop.is_set():
@@ -108,8 +96,7 @@ class Worker:
                 await action()
             except Exception:
                 log.exception("%s failed", getattr(action, "__name__", action))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+            await wait_first(stop, timeout=interval)
 
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.worker_lease_s)
