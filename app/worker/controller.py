@@ -14,11 +14,12 @@ Without metrics the same climb runs on the tokens/s of our own answers. Errors a
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
 GAIN = 1.05  # a raise must lift tokens/s by 5% to count
-SETTLE_READINGS = 2  # readings at a level before it is judged
+SETTLE_READINGS = 3  # readings at a level before it is judged
 HOLD_S = 15.0  # after finding the knee, how long before probing above it again
 OWN_WINDOW_S = 2.0  # without server metrics: our own tokens/s over windows this long
 
@@ -87,7 +88,7 @@ class InflightController:
         self._rates.append(rate)
         if len(self._rates) < SETTLE_READINGS or now < self._hold_until:
             return
-        level = sum(self._rates[-SETTLE_READINGS:]) / SETTLE_READINGS
+        level = statistics.median(self._rates)  # every reading at this level: a refill's brief dip is not the level
         if self._previous is not None:
             before_target, before = self._previous
             better = level >= before * GAIN if self._direction > 0 else level >= before / GAIN

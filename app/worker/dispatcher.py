@@ -4,7 +4,8 @@ The next batch goes to the least-loaded healthy replica with room; it is claimed
 order) from jobs whose recorded teacher identity is that replica's, so no job ever mixes replicas that
 differ. A replica's transient failures back it off (and, while its health check fails, give the items
 their attempt back); a refusal as a whole (401/403/404/405) pauses it in the registry without failing an
-item. A batch gives its replica room back as soon as the answer is in; storing happens after."""
+item. A batch gives its replica room back as soon as the answer is in; decoding (on a thread, off the event
+loop) and storing happen after."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ MAX_BACKOFF_S = 30.0
 LOAD_POLL_S = 0.5
 EXPRESS_POLL_S = 1.0  # busy: look for unstarted jobs this often unless woken (a new job announced) sooner
 METRICS_RETRY_S = 30.0
-STORE_BACKLOG_PER_REPLICA = 4
+DIGEST_BACKLOG_PER_REPLICA = 4  # answers in but not yet stored: beyond this, claim nothing more (memory)
 
 
 @dataclass(eq=False)
@@ -71,6 +72,26 @@ class ReplicaLoad:
         return self.controller.target - self.sequences
 
 
+@dataclass(eq=False)
+class Hold:
+    """The sequences one batch holds on its replica: each part gives its share back the moment its answer
+    is in (before it is decoded and stored), so the replica is refilled while the service digests."""
+
+    load: ReplicaLoad
+    sequences: int
+    on_release: Callable[[bool], None]  # called with True once the whole batch is in
+
+    def give_back(self, sequences: int | None = None) -> None:
+        if self.sequences <= 0:
+            return
+        n = self.sequences if sequences is None else min(sequences, self.sequences)
+        self.sequences -= n
+        self.load.sequences -= n
+        if self.sequences == 0:
+            self.load.requests -= 1
+        self.on_release(self.sequences == 0)
+
+
 class TeacherDispatcher:
     """One per teacher in each worker."""
 
@@ -85,7 +106,7 @@ class TeacherDispatcher:
         ]
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._storing = 0
+        self._digesting = 0  # batches whose answers are all in, not yet decoded and stored
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.worker.settings
@@ -95,7 +116,7 @@ class TeacherDispatcher:
         self.worker.subscribe(self._changed)
         try:
             while not stop.is_set():
-                if self._storing >= STORE_BACKLOG_PER_REPLICA * len(self.loads):
+                if self._digesting >= DIGEST_BACKLOG_PER_REPLICA * len(self.loads):
                     await self._wait_for_change(stop, 0.25)
                     continue
                 load = self._pick()
@@ -191,40 +212,36 @@ class TeacherDispatcher:
     async def _process(self, claim: Claim, load: ReplicaLoad, sequences: int) -> None:
         ids = [item.id for item in claim.items]
         self.worker.inflight.update(ids)
-        answered = False
+        hold = Hold(load, sequences, self._released)
         try:
             units: list[Coroutine[Any, Any, list[ItemOutcome]]] = []
             spec = claim.jobs[claim.items[0].job_id]
             if spec.kind == "score":
-                units.extend(self._run_score(load, spec, item) for item in claim.items)
+                units.extend(self._run_score(hold, spec, item) for item in claim.items)
             else:
                 raw = [i for i in claim.items if i.prompt is not None]
                 chat = [i for i in claim.items if i.messages is not None]
                 if raw:
-                    units.append(self._run_completions(load, spec, raw))
-                units.extend(self._run_chat(load, spec, item) for item in chat)
+                    units.append(self._run_completions(hold, spec, raw))
+                units.extend(self._run_chat(hold, spec, item) for item in chat)
             outcomes = [o for unit in await asyncio.gather(*units) for o in unit]
-            answered = True
-            self._answered(load, sequences, outcomes)
-            self._storing += 1
-            try:
-                await self._settle(load, outcomes)
-            finally:
-                self._storing -= 1
+            hold.give_back()
+            if not load.uses_metrics:
+                tokens = sum(len(c.arrays.token_ids) for o in outcomes for c in o.completions)
+                load.controller.on_answer(tokens, load.sequences + sequences)
+            await self._settle(load, outcomes)
         except asyncio.CancelledError:
             await asyncio.shield(self.worker.release([i for i in ids if i in self.worker.inflight]))
             raise
         finally:
-            if not answered:
-                self._answered(load, sequences, [])
+            hold.give_back()
+            self._digesting -= 1
             self.worker.inflight.difference_update(ids)
 
-    def _answered(self, load: ReplicaLoad, sequences: int, outcomes: list[ItemOutcome]) -> None:
-        load.sequences -= sequences
-        load.requests -= 1
-        if not load.uses_metrics:
-            tokens = sum(len(c.arrays.token_ids) for o in outcomes for c in o.completions)
-            load.controller.on_answer(tokens, load.sequences + sequences)
+    def _released(self, all_in: bool) -> None:
+        """A batch's answers came in (some or all): its replica has room; a whole batch is now digesting."""
+        if all_in:
+            self._digesting += 1
         self._changed.set()
 
     async def _settle(self, load: ReplicaLoad, outcomes: list[ItemOutcome]) -> None:
@@ -239,16 +256,28 @@ class TeacherDispatcher:
 
     async def _guarded(
         self,
-        load: ReplicaLoad,
+        hold: Hold,
         items: list[ClaimedItem],
-        call: Callable[[], Awaitable[list[ItemOutcome]]],
+        n: int,
+        fetch: Callable[[], Awaitable[Any]],
+        decode: Callable[[Any], list[ItemOutcome]],
         split: Callable[[], Awaitable[list[ItemOutcome]]] | None = None,
     ) -> list[ItemOutcome]:
-        """Run one teacher call for these items. A refusal of the replica as a whole pauses it and gives the
-        items back; transient failures leave them to retry (and back off); a 400 fails them with the
-        teacher's message, or calls `split` to find the culprit."""
+        """One teacher call for these items: `fetch` the answer, give the replica its room back, `decode` it
+        off the event loop. A refusal of the replica as a whole pauses it and gives the items back; transient
+        failures leave them to retry (and back off); a 400 fails them with the teacher's message, or calls
+        `split` to find the culprit."""
+        load = hold.load
+        splits = split is not None and len(items) > 1
         try:
-            outcomes = await call()
+            try:
+                raw = await fetch()
+            except TeacherError as exc:
+                if exc.teacher_fault or exc.transient or not splits:
+                    hold.give_back(len(items) * n)  # a split's halves give back their own shares
+                raise
+            hold.give_back(len(items) * n)
+            outcomes = await self.worker.off_loop(decode, raw)
         except TeacherError as exc:
             if exc.teacher_fault:
                 self.registry.report_fault(self.config.name, load.replica, exc)
@@ -256,7 +285,7 @@ class TeacherDispatcher:
             if exc.transient:
                 self._note_failure(load, exc)
                 return [ItemOutcome(item) for item in items]
-            if split is not None and len(items) > 1:
+            if split is not None and splits:
                 return await split()
             return [ItemOutcome(item, error=exc.message) for item in items]
         except TeacherResponseError as exc:
@@ -266,18 +295,17 @@ class TeacherDispatcher:
         load.down_since = None  # an outage ends with the first answer; the next one is timed afresh
         return outcomes
 
-    async def _run_completions(self, load: ReplicaLoad, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
+    async def _run_completions(self, hold: Hold, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
         """One request for the whole list; a 400 splits it in halves to find the prompt at fault. A seeded
         job sends one request per prompt (concurrently), each with its own derived seed."""
         job_seed = spec.params.get("seed")
         if job_seed is not None and len(items) > 1:
-            parts = await asyncio.gather(*(self._run_completions(load, spec, [item]) for item in items))
+            parts = await asyncio.gather(*(self._run_completions(hold, spec, [item]) for item in items))
             return [outcome for part in parts for outcome in part]
         seed = None if job_seed is None else item_seed(job_seed, items[0].seq)
         body = completions_body(self.config.model, spec, [i.prompt or "" for i in items], seed=seed)
 
-        async def call() -> list[ItemOutcome]:
-            raw = await load.replica.client.completions(body)
+        def decode(raw: bytes) -> list[ItemOutcome]:
             outcomes = [ItemOutcome(item) for item in items]
             for completion in parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k):
                 outcomes[completion.prompt_index].completions.append(completion)
@@ -286,39 +314,46 @@ class TeacherDispatcher:
         async def split() -> list[ItemOutcome]:
             mid = len(items) // 2
             halves = await asyncio.gather(
-                self._run_completions(load, spec, items[:mid]), self._run_completions(load, spec, items[mid:])
+                self._run_completions(hold, spec, items[:mid]), self._run_completions(hold, spec, items[mid:])
             )
             return halves[0] + halves[1]
 
-        return await self._guarded(load, items, call, split)
+        fetch = functools.partial(hold.load.replica.client.completions, body)
+        return await self._guarded(hold, items, spec.n, fetch, decode, split)
 
-    async def _run_chat(self, load: ReplicaLoad, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
+    async def _run_chat(self, hold: Hold, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
         job_seed = spec.params.get("seed")
         seed = None if job_seed is None else item_seed(job_seed, item.seq)
         body = chat_body(self.config.model, spec, item.messages or [], seed=seed)
 
-        async def call() -> list[ItemOutcome]:
-            raw = await load.replica.client.chat_completions(body)
+        def decode(raw: bytes) -> list[ItemOutcome]:
             parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))
             return [ItemOutcome(item, completions=parsed)]
 
-        return await self._guarded(load, [item], call)
+        fetch = functools.partial(hold.load.replica.client.chat_completions, body)
+        return await self._guarded(hold, [item], spec.n, fetch, decode)
 
-    async def _run_score(self, load: ReplicaLoad, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
+    async def _run_score(self, hold: Hold, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
         """Teacher forcing: the prompt and the given response as one token sequence, max_tokens 1,
         prompt_logprobs k; the top-k at each response position is kept."""
-        client = load.replica.client
+        client = hold.load.replica.client
 
-        async def call() -> list[ItemOutcome]:
+        async def fetch() -> tuple[bytes | None, list[int], list[int]]:
             prompt_ids, response_ids = await client.score_tokens(item.prompt, item.response, item.messages)
             if not response_ids:
-                return [ItemOutcome(item, error="the response is empty once tokenized")]
+                return None, prompt_ids, response_ids
             raw = await client.completions(score_body(self.config.model, spec, prompt_ids + response_ids))
+            return raw, prompt_ids, response_ids
+
+        def decode(fetched: tuple[bytes | None, list[int], list[int]]) -> list[ItemOutcome]:
+            raw, prompt_ids, response_ids = fetched
+            if raw is None:
+                return [ItemOutcome(item, error="the response is empty once tokenized")]
             arrays = parse_prompt_logprobs(raw, prompt_len=len(prompt_ids), response_ids=response_ids, k=spec.k)
             text = item.response if item.response is not None else str((item.messages or [{}])[-1].get("content"))
             return [ItemOutcome(item, completions=[ParsedCompletion(0, 0, text, "scored", arrays, prompt_ids)])]
 
-        return await self._guarded(load, [item], call)
+        return await self._guarded(hold, [item], spec.n, fetch, decode)
 
     def _note_failure(self, load: ReplicaLoad, exc: Exception) -> None:
         load.failures += 1

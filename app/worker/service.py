@@ -8,14 +8,16 @@ SQLite an idle worker looks for runnable jobs with a short read-only poll."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +33,7 @@ from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
 from app.worker.store import build_rows, write_rows
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def new_worker_id() -> str:
@@ -55,6 +58,7 @@ class Worker:
         self.inflight: set[int] = set()
         self._subscribers: set[asyncio.Event] = set()
         self.woken_at = 0.0  # monotonic time of the last wake-up (new work announced)
+        self._decoder: ThreadPoolExecutor | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until stop is set; then stop claiming, drain in-flight batches within the grace period, and return."""
@@ -78,7 +82,18 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             if own_registry:
                 await registry.aclose()
+            if self._decoder is not None:
+                self._decoder.shutdown(wait=False)
+                self._decoder = None
         log.info("worker %s stopped", self.id)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy work (decoding answers, encoding rows) on one helper thread, so the event loop keeps
+        claiming and sending while a wave of large answers is digested. One thread: more would only
+        contend for the GIL."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, functools.partial(fn, *args))
 
     def wake(self, _payload: str = "") -> None:
         """New work may be there (a job was created or re-queued): idle dispatchers look at once."""
@@ -170,7 +185,7 @@ class Worker:
         """One transaction: results in, items done or failed, job counters, all only for items we still own.
         Repeatable: after a commit the items are no longer leased, so a rerun stores nothing twice."""
         if outcomes:
-            built = build_rows(outcomes)
+            built = await self.off_loop(build_rows, outcomes)
             await self.database.run(
                 lambda s: write_rows(s, self.id, built), retry_for_s=self.settings.worker_db_retry_s
             )
