@@ -57,11 +57,21 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dk_...`.")
 
 
-async def get_principal(
-    database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> Principal:
-    """The project the request acts for, from its API key; 401 when the key is missing, unknown or revoked.
-    Looked up in a read-only transaction of its own, so it never holds the request's write lock."""
+# Routes that answer without a key; every other route requires one (the app-wide dependency below).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+async def authorize(
+    request: Request,
+    database: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal | None:
+    """Runs for every route (an app-wide dependency): the project the request acts for, from its API key;
+    401 when the key is missing, unknown or revoked, unless the route is public. Looked up in a read-only
+    transaction of its own, so it never holds the request's write lock."""
+    route = request.scope.get("route")
+    if getattr(route, "path", None) in PUBLIC_PATHS:
+        return None
     principal = None
     if credentials is not None:
         key = credentials.credentials
@@ -74,6 +84,13 @@ async def get_principal(
             type="unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return principal
+
+
+async def get_principal(principal: Annotated[Principal | None, Depends(authorize)]) -> Principal:
+    """The authorized project (the same, cached, lookup as the app-wide check)."""
+    if principal is None:
+        raise ApiError(401, "this route needs an API key", loc=["header", "authorization"], type="unauthorized")
     return principal
 
 

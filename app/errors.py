@@ -6,6 +6,8 @@ It is the shape FastAPI already uses for validation errors, so clients read one 
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -70,3 +72,20 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
         detail = [{"loc": ["body"] if status == 400 else [], "msg": str(detail), "type": kind}]
         status = 422 if status == 400 else status
     return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None))
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    """The framework's 422, with every string in it made valid UTF-8 (an echoed input may hold a lone
+    surrogate, which would otherwise turn the 422 into a 500 while encoding it)."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _utf8(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8(v) for v in value]
+    return value

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,7 +23,8 @@ from app import __version__
 from app.auth.service import ensure_first_key
 from app.database import Database, is_transient_db_error
 from app.datasets.api import router as datasets_router
-from app.errors import http_error_handler
+from app.dependencies import PUBLIC_PATHS, authorize
+from app.errors import http_error_handler, validation_error_handler
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.middleware import BodySizeLimit
@@ -28,6 +35,7 @@ from app.teachers.service import TeacherRegistry
 from app.worker.service import Worker
 
 log = logging.getLogger(__name__)
+FIRST_KEY_FILE = "first-api-key"
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -49,9 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await database.upgrade_schema()
         first_key = await database.run(ensure_first_key)
         if first_key is not None:
+            path = write_secret(settings.data_dir / FIRST_KEY_FILE, first_key.key + "\n")
             print(
-                f"Distillery: created project {first_key.project!r} and its first API key; it is shown only once:\n"
-                f"    {first_key.key}",
+                f"Distillery: created project {first_key.project!r} and its first API key, written to {path} "
+                "(readable by this user only)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -77,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Teacher top-k logprobs as knowledge-distillation datasets.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],  # every route needs a key unless its path is in PUBLIC_PATHS
     )
     app.add_middleware(
         BodySizeLimit,
@@ -86,9 +96,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(health_router)
     app.include_router(teachers_router)
     app.include_router(jobs_router)
     app.include_router(records_router)
     app.include_router(datasets_router)
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The schema, without the key requirement the app-wide dependency puts on the public routes."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes, description=app.description
+        )
+        for path in PUBLIC_PATHS:
+            for operation in schema.get("paths", {}).get(path, {}).values():
+                operation.pop("security", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """Write `text` to a new file only this user can read (replacing an old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path.resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,45 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+ESCAPE = "\U0010ffff"  # a noncharacter: never meaningful text, so escaping it costs nothing in practice
+_ENCODE = re.compile("[\x00\U0010ffff]")
+_DECODE = re.compile("\U0010ffff(.)", re.DOTALL)
+
+
+def escape_nul(value: str) -> str:
+    """NUL as ESCAPE + "0" and ESCAPE as ESCAPE + ESCAPE: Postgres text cannot hold NUL; this round-trips
+    every string exactly, on both databases alike."""
+    if "\x00" not in value and ESCAPE not in value:
+        return value
+    return _ENCODE.sub(lambda m: ESCAPE + ("0" if m.group() == "\x00" else ESCAPE), value)
+
+
+def unescape_nul(value: str) -> str:
+    if ESCAPE not in value:
+        return value
+    return _DECODE.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), value)
+
+
+class AnyText(TypeDecorator[str]):
+    """Text that may hold any code point, NUL included (escaped in the database; see escape_nul)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else escape_nul(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else unescape_nul(value)
+
+
+class AnyString(AnyText):
+    """AnyText in a VARCHAR of a given length."""
+
+    impl = String  # type: ignore[assignment]
+    cache_ok = True
 
 
 def utcnow() -> datetime:
@@ -120,15 +160,15 @@ class Item(Base):
     seq: Mapped[int] = mapped_column(Integer)
     teacher: Mapped[str] = mapped_column(String(64))
     custom_id: Mapped[str | None] = mapped_column(String(256), default=None)
-    prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt: Mapped[str | None] = mapped_column(AnyText, default=None)
     messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
-    response: Mapped[str | None] = mapped_column(Text, default=None)
+    response: Mapped[str | None] = mapped_column(AnyText, default=None)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(AnyText, default=None)
     prompt_token_ids: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
     __table_args__ = (
@@ -151,8 +191,8 @@ class Result(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
     sample_index: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
-    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(AnyText)
+    finish_reason: Mapped[str | None] = mapped_column(AnyString(32))
     num_tokens: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     codec: Mapped[int] = mapped_column(Integer)
@@ -202,7 +242,7 @@ class Dataset(Base):
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), default="building")
-    error: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(AnyText, default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     rows: Mapped[int] = mapped_column(BigInteger, default=0)

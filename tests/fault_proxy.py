@@ -1,7 +1,8 @@
 """FaultProxy: a tiny HTTP proxy in front of the real vLLM server that counts what is sent and injects faults.
 
 The real teacher still answers every request that is let through; the proxy only adds what a test asks
-for: a delay, a 500, a 429, a timeout, a truncated (broken) JSON body, or a dropped connection.
+for: a delay, a 500, a 429, a timeout, a truncated (broken) JSON body, or a dropped connection. In chaos
+mode it spoils the real answer whenever a request carries a prompt marked `POISON:<kind>` (see CHAOS).
 """
 
 from __future__ import annotations
@@ -24,6 +25,43 @@ from starlette.types import Receive, Scope, Send
 from app.tiny_teacher.serve import free_port
 
 FAULTS = ("500", "429", "timeout", "broken_json", "drop")
+# What chaos mode does to a real /v1/completions answer that includes a prompt marked POISON:<kind>.
+CHAOS = {
+    "shape": "the whole answer is JSON of the wrong shape",
+    "dup": "the marked prompt's choice appears twice",
+    "range": "the marked prompt's choice has an index past the last prompt",
+    "nologprobs": "the marked prompt's choice has no logprobs",
+    "nul": "the marked prompt's generated text holds NUL (a valid answer: it must be stored)",
+    "big": "a 50 MB answer",
+    "cut": "the answer is cut in the middle of a string",
+}
+BIG_BYTES = 50 * 1024 * 1024
+
+
+def spoil(content: bytes, prompts: list[str], n: int) -> bytes:
+    """The chaos mutation for the first marked prompt of a completions request (unchanged if none)."""
+    marked = [(i, p.split("POISON:", 1)[1].split()[0]) for i, p in enumerate(prompts) if "POISON:" in p]
+    if not marked:
+        return content
+    index, kind = marked[0]
+    if kind == "shape":
+        return b'{"id": "x", "choices": {"text": "not a list"}}'
+    if kind == "big":
+        return b'{"choices": [], "padding": "' + b"x" * BIG_BYTES + b'"}'
+    if kind == "cut":
+        cut = content.index(b'"text"') + 12
+        return content[:cut]
+    answer = orjson.loads(content)
+    choices = [c for c in answer["choices"] if c["index"] // n == index]
+    if kind == "dup":
+        answer["choices"].append(dict(choices[0]))
+    elif kind == "range":
+        choices[0]["index"] = 10_000
+    elif kind == "nologprobs":
+        choices[0]["logprobs"] = None
+    elif kind == "nul":
+        choices[0]["text"] = "a\x00b" + choices[0]["text"]
+    return orjson.dumps(answer)
 
 
 class FaultProxy:
@@ -39,6 +77,7 @@ class FaultProxy:
         self.authorization: str | None = None  # when set, replaces the client's Authorization header
         self.statuses: Counter[int] = Counter()  # upstream status codes of generation requests
         self.timeout_s = 30.0
+        self.chaos = False  # spoil answers to prompts marked POISON:<kind>
         self.in_flight = 0
         self.response_sent = threading.Event()
         self._lock = threading.Lock()
@@ -74,6 +113,8 @@ class FaultProxy:
         body = await request.body()
         generation = request.method == "POST" and request.url.path in ("/v1/completions", "/v1/chat/completions")
         fault = self._next_fault() if generation else None
+        prompts: Any = None
+        payload: dict[str, Any] = {}
         if generation:
             payload = orjson.loads(body)
             prompts = payload.get("prompt")
@@ -111,6 +152,8 @@ class FaultProxy:
                 self.statuses[upstream.status_code] += 1
         if fault == "broken_json":
             content = content[: len(content) // 2]
+        if self.chaos and upstream.status_code == 200 and isinstance(prompts, list) and prompts:
+            content = spoil(content, [str(p) for p in prompts], int(payload.get("n") or 1))
         if fault == "drop":
             return _Dropped(len(content))  # type: ignore[return-value]
         response = Response(content, status_code=upstream.status_code, media_type="application/json")

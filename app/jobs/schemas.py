@@ -12,6 +12,30 @@ JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 JobKind = Literal["generate", "score"]
 ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
 
+
+def storable_text(value: str, *, nul: bool = True) -> str:
+    """Any text the databases can hold: every code point but a lone surrogate (not UTF-8); NUL only where
+    `nul` (stored escaped). A JSON body can carry a lone surrogate ("\\ud800"): refused, not a 500."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone surrogate (U+{ord(value[exc.start]):04X} at {exc.start}), not text") from None
+    if not nul and "\x00" in value:
+        raise ValueError(f"holds NUL (at {value.index(chr(0))}), which this field does not take")
+    return value
+
+
+def storable_json(value: Any) -> Any:
+    """storable_text for every key and string inside a JSON value."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_json(v) for v in value]
+    return value
+
+
 MAX_SEED = 2**31 - 1
 MIN_PRIORITY, MAX_PRIORITY = -10, 10
 
@@ -23,6 +47,11 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _storable(cls, value: str) -> str:
+        return storable_text(value)
 
 
 class PromptRecord(BaseModel):
@@ -37,6 +66,21 @@ class PromptRecord(BaseModel):
     messages: list[Message] | None = Field(default=None, min_length=1)
     response: str | None = Field(default=None, min_length=1, description="Scoring jobs: the text to score.")
     metadata: dict[str, Any] | None = None
+
+    @field_validator("prompt", "response")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return None if value is None else storable_text(value)
+
+    @field_validator("custom_id")
+    @classmethod
+    def _an_id(cls, value: str | None) -> str | None:
+        return None if value is None else storable_text(value, nul=False)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else storable_json(value)
 
     @model_validator(mode="after")
     def _one_of_prompt_or_messages(self) -> PromptRecord:
@@ -62,6 +106,11 @@ class GenerationParams(BaseModel):
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _storable(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [storable_text(v, nul=False) for v in value]
 
 
 class JobCreate(BaseModel):

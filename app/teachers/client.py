@@ -10,12 +10,15 @@ import httpx
 import orjson
 
 from app.settings import TeacherConfig
+from app.teachers.parsing import TeacherResponseError
 
 _MAX_ALLOWED = re.compile(r"max allowed:\s*(-?\d+)")
 _METRIC_LINE = re.compile(
     r"^(vllm:num_requests_running|vllm:num_requests_waiting|vllm:generation_tokens_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)",
     re.MULTILINE,
 )
+DEFAULT_MAX_ANSWER_BYTES = 1 << 30  # requests that do not say how much they may get back
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer, only this much is read (its message is near the start)
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # The teacher, not the prompt, is wrong: a missing or rotated key, a wrong base path or model name.
 TEACHER_FAULT_STATUS = frozenset({401, 403, 404, 405})
@@ -59,11 +62,12 @@ class TeacherClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def completions(self, body: dict[str, Any]) -> bytes:
-        return await self._post("/v1/completions", body)
+    async def completions(self, body: dict[str, Any], *, max_bytes: int | None = None) -> bytes:
+        """The raw answer; one longer than `max_bytes` is refused as malformed (not held whole)."""
+        return await self._post("/v1/completions", body, max_bytes=max_bytes)
 
-    async def chat_completions(self, body: dict[str, Any]) -> bytes:
-        return await self._post("/v1/chat/completions", body)
+    async def chat_completions(self, body: dict[str, Any], *, max_bytes: int | None = None) -> bytes:
+        return await self._post("/v1/chat/completions", body, max_bytes=max_bytes)
 
     async def get_json(self, path: str, *, timeout: float = 10.0) -> Any:
         response = await self._send("GET", path, None, timeout=timeout)
@@ -138,25 +142,50 @@ class TeacherClient:
             raise
         return None  # the server accepted a million: no cap
 
-    async def _post(self, path: str, body: dict[str, Any], *, timeout: float | None = None) -> bytes:
-        return await self._send("POST", path, orjson.dumps(body), timeout=timeout)
+    async def _post(
+        self, path: str, body: dict[str, Any], *, timeout: float | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        return await self._send("POST", path, orjson.dumps(body), timeout=timeout, max_bytes=max_bytes)
 
-    async def _send(self, method: str, path: str, content: bytes | None, *, timeout: float | None) -> bytes:
+    async def _send(
+        self, method: str, path: str, content: bytes | None, *, timeout: float | None, max_bytes: int | None = None
+    ) -> bytes:
         headers = {"content-type": "application/json"} if content is not None else None
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        limit = max_bytes if max_bytes is not None else DEFAULT_MAX_ANSWER_BYTES
         try:
-            response = await self._http.request(method, path, content=content, headers=headers, **kwargs)
+            async with self._http.stream(method, path, content=content, headers=headers, **kwargs) as response:
+                if response.status_code != 200:
+                    limit = ERROR_BODY_BYTES
+                body = await _read_at_most(response, limit)
         except httpx.TimeoutException as exc:
             raise TeacherError(f"teacher timed out: {exc!r}", transient=True) from exc
         except httpx.HTTPError as exc:
             raise TeacherError(f"teacher unreachable: {exc!r}", transient=True) from exc
         if response.status_code != 200:
             raise TeacherError(
-                f"teacher answered {response.status_code}: {_error_message(response.content)}",
+                f"teacher answered {response.status_code}: {_error_message(body or b'')}",
                 status=response.status_code,
                 transient=response.status_code in TRANSIENT_STATUS or response.status_code >= 500,
             )
-        return response.content
+        if body is None:
+            raise TeacherResponseError(f"teacher answer is larger than {limit:,} bytes, the most this request allows")
+        return body
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None once it grows past `limit` (an error answer is cut there instead)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if response.status_code != 200:
+                chunks.append(chunk[: limit - size + len(chunk)])
+                return b"".join(chunks)
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _token_list(answer: Any) -> list[int]:

@@ -93,6 +93,7 @@ def parse_completions(body: bytes, *, num_prompts: int, n: int, k: int) -> list[
     except (_Fallback, TeacherResponseError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
         out = _reference_completions(choices, n=n, k=k)
     out.sort(key=lambda c: (c.prompt_index, c.sample_index))
+    _check_samples(out, num_prompts=num_prompts, n=n)
     return out
 
 
@@ -114,7 +115,19 @@ def parse_chat(body: bytes, *, n: int, k: int, requested_top: int) -> list[Parse
     except (_Fallback, TeacherResponseError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
         out = _reference_chat(choices, k=k, requested_top=requested_top, prompt_token_ids=prompt_token_ids)
     out.sort(key=lambda c: c.sample_index)
+    _check_samples(out, num_prompts=1, n=n)
     return out
+
+
+def _check_samples(parsed: list[ParsedCompletion], *, num_prompts: int, n: int) -> None:
+    """Exactly n distinct samples for every prompt (sorted input): else the answer is malformed."""
+    for position, completion in enumerate(parsed):
+        expected = divmod(position, n)
+        if (completion.prompt_index, completion.sample_index) != expected:
+            index = completion.prompt_index * n + completion.sample_index
+            if not 0 <= index < num_prompts * n:
+                raise TeacherResponseError(f"choice index {index} is out of range for {num_prompts * n} choices")
+            raise TeacherResponseError(f"choice index {index} is repeated, so another sample is missing")
 
 
 # ------------------------------------------------------------------------------------------- fast path

@@ -11,6 +11,9 @@ from typing import Any
 
 from app.worker.schemas import JobSpec
 
+ANSWER_BASE_BYTES = 16 << 20
+ANSWER_BYTES_PER_ENTRY = 512
+
 
 def item_seed(job_seed: int, seq: int) -> int:
     """Each prompt's own seed, derived from the job's seed and the prompt's position.
@@ -66,6 +69,12 @@ def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]], *, seed
         "return_tokens_as_token_ids": True,
         "return_token_ids": True,
     }
+
+
+def answer_byte_limit(entries: int) -> int:
+    """The most bytes a sane answer carrying this many logprob entries can take (a measured answer takes
+    ~36 bytes per entry; the margin covers long texts and token ids). Past it the answer is malformed."""
+    return ANSWER_BASE_BYTES + entries * ANSWER_BYTES_PER_ENTRY
 
 
 def logprob_entries_per_prompt(spec: JobSpec) -> int:

@@ -12,84 +12,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from app.database import is_transient_db_error
 from app.settings import TeacherConfig
 from app.teachers.client import ServerLoad, TeacherError
-from app.teachers.parsing import (
-    ParsedCompletion,
-    TeacherResponseError,
-    parse_chat,
-    parse_completions,
-    parse_prompt_logprobs,
-)
-from app.teachers.requests import (
-    chat_body,
-    chat_top_logprobs,
-    completions_body,
-    item_seed,
-    logprob_entries_per_prompt,
-    score_body,
-)
-from app.teachers.service import Replica, TeacherRegistry
+from app.teachers.requests import logprob_entries_per_prompt
+from app.teachers.service import TeacherRegistry
 from app.waiting import wait_first
+from app.worker.calls import TeacherCalls, describe
 from app.worker.controller import InflightController
-from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
+from app.worker.load import Hold, ReplicaLoad
+from app.worker.schemas import Claim, ItemOutcome, JobSpec
 
 if TYPE_CHECKING:
     from app.worker.service import Worker
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
 LOAD_POLL_S = 0.5
 EXPRESS_POLL_S = 1.0  # busy: look for unstarted jobs this often unless woken (a new job announced) sooner
 METRICS_RETRY_S = 30.0
 DIGEST_BACKLOG_PER_REPLICA = 4  # answers in but not yet stored: beyond this, claim nothing more (memory)
-
-
-@dataclass(eq=False)
-class ReplicaLoad:
-    """What this worker has in flight on one replica, and how much it may."""
-
-    replica: Replica
-    controller: InflightController
-    sequences: int = 0
-    requests: int = 0
-    failures: int = 0
-    backoff_until: float = 0.0
-    down_since: float | None = None
-    metrics_retry_at: float = 0.0
-    next_reading_at: float = 0.0
-    uses_metrics: bool = False
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def room(self) -> int:
-        return self.controller.target - self.sequences
-
-
-@dataclass(eq=False)
-class Hold:
-    """The sequences one batch holds on its replica: each part gives its share back the moment its answer
-    is in (before it is decoded and stored), so the replica is refilled while the service digests."""
-
-    load: ReplicaLoad
-    sequences: int
-    on_release: Callable[[bool], None]  # called with True once the whole batch is in
-
-    def give_back(self, sequences: int | None = None) -> None:
-        if self.sequences <= 0:
-            return
-        n = self.sequences if sequences is None else min(sequences, self.sequences)
-        self.sequences -= n
-        self.load.sequences -= n
-        if self.sequences == 0:
-            self.load.requests -= 1
-        self.on_release(self.sequences == 0)
 
 
 class TeacherDispatcher:
@@ -104,6 +49,7 @@ class TeacherDispatcher:
             ReplicaLoad(r, InflightController(step=config.batch_size, ceiling=ceiling))
             for r in registry.replicas[config.name]
         ]
+        self.calls = TeacherCalls(worker, config, registry)
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._digesting = 0  # batches whose answers are all in, not yet decoded and stored
@@ -214,17 +160,7 @@ class TeacherDispatcher:
         self.worker.inflight.update(ids)
         hold = Hold(load, sequences, self._released)
         try:
-            units: list[Coroutine[Any, Any, list[ItemOutcome]]] = []
-            spec = claim.jobs[claim.items[0].job_id]
-            if spec.kind == "score":
-                units.extend(self._run_score(hold, spec, item) for item in claim.items)
-            else:
-                raw = [i for i in claim.items if i.prompt is not None]
-                chat = [i for i in claim.items if i.messages is not None]
-                if raw:
-                    units.append(self._run_completions(hold, spec, raw))
-                units.extend(self._run_chat(hold, spec, item) for item in chat)
-            outcomes = [o for unit in await asyncio.gather(*units) for o in unit]
+            outcomes = await self.calls.run(hold, claim.jobs[claim.items[0].job_id], claim.items)
             hold.give_back()
             if not load.uses_metrics:
                 tokens = sum(len(c.arrays.token_ids) for o in outcomes for c in o.completions)
@@ -233,6 +169,12 @@ class TeacherDispatcher:
         except asyncio.CancelledError:
             await asyncio.shield(self.worker.release([i for i in ids if i in self.worker.inflight]))
             raise
+        except Exception as exc:
+            # a defect, or a database that stays down past the retries: the items go back at once with the
+            # attempt counted (not after a lease expires), and fail once out of attempts
+            log.exception("batch of %d items crashed; returning them to the queue", len(ids))
+            left = [item for item in claim.items if item.id in self.worker.inflight]
+            await asyncio.shield(self.worker.retry_later([ItemOutcome(i, reason=describe(exc)) for i in left]))
         finally:
             hold.give_back()
             self._digesting -= 1
@@ -247,120 +189,32 @@ class TeacherDispatcher:
     async def _settle(self, load: ReplicaLoad, outcomes: list[ItemOutcome]) -> None:
         finished = [o for o in outcomes if o.completions or o.error]
         held = [o.item.id for o in outcomes if o.teacher_fault]
-        retry = [o.item for o in outcomes if not o.completions and not o.error and not o.teacher_fault]
-        await self.worker.store(finished)
+        retry = [o for o in outcomes if not o.completions and not o.error and not o.teacher_fault]
+        retry += await self._store(finished)
         if held:
             await self.worker.release(held, refund=True)
-        if retry:
-            await self.worker.retry_later(retry, refund=await self._outage_refund(load))
+        transient = [o for o in retry if o.transient]
+        if transient:  # while the replica is down, waiting out its outage costs the items nothing
+            await self.worker.retry_later(transient, refund=await self._outage_refund(load))
+        if counted := [o for o in retry if not o.transient]:
+            await self.worker.retry_later(counted)
 
-    async def _guarded(
-        self,
-        hold: Hold,
-        items: list[ClaimedItem],
-        n: int,
-        fetch: Callable[[], Awaitable[Any]],
-        decode: Callable[[Any], list[ItemOutcome]],
-        split: Callable[[], Awaitable[list[ItemOutcome]]] | None = None,
-    ) -> list[ItemOutcome]:
-        """One teacher call for these items: `fetch` the answer, give the replica its room back, `decode` it
-        off the event loop. A refusal of the replica as a whole pauses it and gives the items back; transient
-        failures leave them to retry (and back off); a 400 fails them with the teacher's message, or calls
-        `split` to find the culprit."""
-        load = hold.load
-        splits = split is not None and len(items) > 1
+    async def _store(self, outcomes: list[ItemOutcome]) -> list[ItemOutcome]:
+        """Store the outcomes; one that cannot be stored (past the database's own retries) is found by
+        storing halves apart, and comes back to be retried, with the error as its reason."""
+        if not outcomes:
+            return []
         try:
-            try:
-                raw = await fetch()
-            except TeacherError as exc:
-                if exc.teacher_fault or exc.transient or not splits:
-                    hold.give_back(len(items) * n)  # a split's halves give back their own shares
-                raise
-            hold.give_back(len(items) * n)
-            outcomes = await self.worker.off_loop(decode, raw)
-        except TeacherError as exc:
-            if exc.teacher_fault:
-                self.registry.report_fault(self.config.name, load.replica, exc)
-                return [ItemOutcome(item, teacher_fault=True) for item in items]
-            if exc.transient:
-                self._note_failure(load, exc)
-                return [ItemOutcome(item) for item in items]
-            if split is not None and splits:
-                return await split()
-            return [ItemOutcome(item, error=exc.message) for item in items]
-        except TeacherResponseError as exc:
-            self._note_failure(load, exc)
-            return [ItemOutcome(item) for item in items]
-        load.failures = 0
-        load.down_since = None  # an outage ends with the first answer; the next one is timed afresh
-        return outcomes
-
-    async def _run_completions(self, hold: Hold, spec: JobSpec, items: list[ClaimedItem]) -> list[ItemOutcome]:
-        """One request for the whole list; a 400 splits it in halves to find the prompt at fault. A seeded
-        job sends one request per prompt (concurrently), each with its own derived seed."""
-        job_seed = spec.params.get("seed")
-        if job_seed is not None and len(items) > 1:
-            parts = await asyncio.gather(*(self._run_completions(hold, spec, [item]) for item in items))
-            return [outcome for part in parts for outcome in part]
-        seed = None if job_seed is None else item_seed(job_seed, items[0].seq)
-        body = completions_body(self.config.model, spec, [i.prompt or "" for i in items], seed=seed)
-
-        def decode(raw: bytes) -> list[ItemOutcome]:
-            outcomes = [ItemOutcome(item) for item in items]
-            for completion in parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k):
-                outcomes[completion.prompt_index].completions.append(completion)
-            return outcomes
-
-        async def split() -> list[ItemOutcome]:
-            mid = len(items) // 2
-            halves = await asyncio.gather(
-                self._run_completions(hold, spec, items[:mid]), self._run_completions(hold, spec, items[mid:])
-            )
-            return halves[0] + halves[1]
-
-        fetch = functools.partial(hold.load.replica.client.completions, body)
-        return await self._guarded(hold, items, spec.n, fetch, decode, split)
-
-    async def _run_chat(self, hold: Hold, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
-        job_seed = spec.params.get("seed")
-        seed = None if job_seed is None else item_seed(job_seed, item.seq)
-        body = chat_body(self.config.model, spec, item.messages or [], seed=seed)
-
-        def decode(raw: bytes) -> list[ItemOutcome]:
-            parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))
-            return [ItemOutcome(item, completions=parsed)]
-
-        fetch = functools.partial(hold.load.replica.client.chat_completions, body)
-        return await self._guarded(hold, [item], spec.n, fetch, decode)
-
-    async def _run_score(self, hold: Hold, spec: JobSpec, item: ClaimedItem) -> list[ItemOutcome]:
-        """Teacher forcing: the prompt and the given response as one token sequence, max_tokens 1,
-        prompt_logprobs k; the top-k at each response position is kept."""
-        client = hold.load.replica.client
-
-        async def fetch() -> tuple[bytes | None, list[int], list[int]]:
-            prompt_ids, response_ids = await client.score_tokens(item.prompt, item.response, item.messages)
-            if not response_ids:
-                return None, prompt_ids, response_ids
-            raw = await client.completions(score_body(self.config.model, spec, prompt_ids + response_ids))
-            return raw, prompt_ids, response_ids
-
-        def decode(fetched: tuple[bytes | None, list[int], list[int]]) -> list[ItemOutcome]:
-            raw, prompt_ids, response_ids = fetched
-            if raw is None:
-                return [ItemOutcome(item, error="the response is empty once tokenized")]
-            arrays = parse_prompt_logprobs(raw, prompt_len=len(prompt_ids), response_ids=response_ids, k=spec.k)
-            text = item.response if item.response is not None else str((item.messages or [{}])[-1].get("content"))
-            return [ItemOutcome(item, completions=[ParsedCompletion(0, 0, text, "scored", arrays, prompt_ids)])]
-
-        return await self._guarded(hold, [item], spec.n, fetch, decode)
-
-    def _note_failure(self, load: ReplicaLoad, exc: Exception) -> None:
-        load.failures += 1
-        load.controller.on_error()
-        delay = min(MAX_BACKOFF_S, 0.5 * 2 ** min(load.failures, 8)) * (0.5 + random.random())
-        load.backoff_until = max(load.backoff_until, time.monotonic() + delay)
-        log.warning("teacher %s replica %s: %s; backing off %.1fs", self.config.name, load.replica.url, exc, delay)
+            await self.worker.store(outcomes)
+            return []
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise  # the database is away, not this data: the batch goes back as a whole
+            if len(outcomes) == 1:
+                log.exception("storing the answer of item %d failed", outcomes[0].item.id)
+                return [ItemOutcome(outcomes[0].item, reason=f"could not store the answer: {describe(exc)}")]
+        mid = len(outcomes) // 2
+        return await self._store(outcomes[:mid]) + await self._store(outcomes[mid:])
 
     async def _outage_refund(self, load: ReplicaLoad) -> bool:
         """After transient failures: True while the replica is down and the outage is within the window; a

@@ -8,28 +8,47 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, exists, func, select, update
+from sqlalchemy import String, case, cast, exists, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import dialect_insert
+from app.jobs.repository import PROGRESS_BUCKET_S
 from app.models import Item, Job, JobProgress, Project, Result
 from app.teachers.schemas import IDENTITY_FIELDS
 from app.worker.schemas import ClaimedItem, JobSpec, RunnableJob
 
 
-async def reap_expired_leases(session: AsyncSession, now: datetime) -> int:
-    """Put items whose lease ran out (their worker died or stalled) back in the queue; a cancelled job's
-    items are cancelled instead, so they are never sent again."""
+async def reap_expired_leases(session: AsyncSession, now: datetime, *, max_attempts: int) -> tuple[int, int]:
+    """Items whose lease ran out (their worker died or stalled): each expiry is an attempt (the claim
+    counted it), so those out of attempts fail, the rest go back in the queue; a cancelled job's items are
+    cancelled instead, so they are never sent again. Returns (re-queued, failed)."""
+    expired = (Item.status == "leased", Item.lease_expires_at < now)
+    error = (
+        literal("gave up after ")
+        + cast(Item.attempts, String)
+        + literal(" attempts: its lease expired (the worker died or stalled)")
+    )
     rows = await session.execute(
         update(Item)
-        .where(Item.status == "leased", Item.lease_expires_at < now)
+        .where(*expired, Item.attempts >= max_attempts)
+        .values(status="failed", lease_owner=None, lease_expires_at=None, error=error)
+        .returning(Item.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    failed = Counter(rows.scalars())
+    if failed:
+        bucket = int(now.timestamp()) // PROGRESS_BUCKET_S
+        await add_job_progress(session, done={}, failed=dict(failed), tokens={}, bucket=bucket, now=now)
+    requeued = await session.execute(
+        update(Item)
+        .where(*expired)
         .values(status="queued", lease_owner=None, lease_expires_at=None)
         .returning(Item.id)
         .execution_options(synchronize_session=False)
     )
-    reaped = list(rows.scalars())
+    reaped = list(requeued.scalars())
     await cancel_items_of_cancelled_jobs(session, reaped)
-    return len(reaped)
+    return len(reaped), sum(failed.values())
 
 
 async def cancel_items_of_cancelled_jobs(session: AsyncSession, item_ids: Sequence[int]) -> int:
@@ -176,11 +195,21 @@ async def finish_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         await session.execute(update(Item).execution_options(synchronize_session=False), list(rows))
 
 
-async def release_items(session: AsyncSession, *, owner: str, item_ids: Sequence[int], refund: bool = False) -> int:
+async def release_items(
+    session: AsyncSession, *, owner: str, item_ids: Sequence[int], refund: bool = False, resent: Sequence[int] = ()
+) -> int:
     """Give leased items back to the queue (a transient failure, or a shutdown); `refund` returns the
-    attempt their claim counted. Items of a cancelled job are cancelled instead."""
+    attempt their claim counted; `resent` items were sent twice in this claim and count one attempt more.
+    Items of a cancelled job are cancelled instead."""
     if not item_ids:
         return 0
+    if resent:
+        await session.execute(
+            update(Item)
+            .where(Item.id.in_(resent), Item.lease_owner == owner, Item.status == "leased")
+            .values(attempts=Item.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
     attempts = Item.attempts - 1 if refund else Item.attempts
     rows = await session.execute(
         update(Item)

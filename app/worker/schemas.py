@@ -60,3 +60,6 @@ class ItemOutcome:
     completions: list[ParsedCompletion] = field(default_factory=list)
     error: str | None = None
     teacher_fault: bool = False  # the replica refused the request as a whole: give the item back, no attempt
+    reason: str | None = None  # why it goes back to the queue; kept in its failure once out of attempts
+    transient: bool = False  # the teacher could not be reached or was busy: the attempt is refunded in an outage
+    resent: bool = False  # sent again alone in this claim after its batch's answer was unreadable: one more attempt

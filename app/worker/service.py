@@ -29,7 +29,7 @@ from app.teachers.service import TeacherRegistry
 from app.waiting import wait_first
 from app.worker import repository, scheduler
 from app.worker.dispatcher import TeacherDispatcher
-from app.worker.schemas import Claim, ClaimedItem, ItemOutcome, JobSpec
+from app.worker.schemas import Claim, ItemOutcome, JobSpec
 from app.worker.store import build_rows, write_rows
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,12 @@ class Worker:
             )
 
     async def reap(self) -> None:
-        reaped = await self.database.run(lambda s: repository.reap_expired_leases(s, utcnow()))
-        if reaped:
-            log.info("re-queued %d items whose lease expired", reaped)
+        limit = self.settings.worker_max_attempts
+        reaped, failed = await self.database.run(
+            lambda s: repository.reap_expired_leases(s, utcnow(), max_attempts=limit)
+        )
+        if reaped or failed:
+            log.info("items whose lease expired: %d re-queued, %d failed (out of attempts)", reaped, failed)
 
     async def release(self, item_ids: list[int], *, refund: bool = False) -> None:
         if item_ids:
@@ -190,14 +193,24 @@ class Worker:
                 lambda s: write_rows(s, self.id, built), retry_for_s=self.settings.worker_db_retry_s
             )
 
-    async def retry_later(self, items: list[ClaimedItem], *, refund: bool = False) -> None:
-        """Items that hit a transient failure go back to the queue; once out of attempts they fail. During a
-        teacher outage (refund) the attempt is given back, so waiting out the outage costs nothing."""
+    async def retry_later(self, outcomes: list[ItemOutcome], *, refund: bool = False) -> None:
+        """Items to try again later go back to the queue; once out of attempts they fail, with the reason of
+        their last one. During a teacher outage (refund) the attempt is given back, so waiting out the
+        outage costs nothing. An item sent again alone in this claim (`resent`) spent one more attempt."""
         limit = self.settings.worker_max_attempts
-        exhausted = [] if refund else [i for i in items if i.attempts >= limit]
-        again = [i.id for i in items if refund or i.attempts < limit]
+        exhausted = [] if refund else [o for o in outcomes if o.item.attempts >= limit]
+        again = [o for o in outcomes if refund or o.item.attempts < limit]
         if exhausted:
-            await self.store(
-                [ItemOutcome(i, error=f"gave up after {i.attempts} attempts (teacher errors)") for i in exhausted]
+            await self.store([ItemOutcome(o.item, error=gave_up(o.item.attempts, o.reason)) for o in exhausted])
+        if again:
+            resent = [o.item.id for o in again if o.resent]
+            await self.database.run(
+                lambda s: repository.release_items(
+                    s, owner=self.id, item_ids=[o.item.id for o in again], refund=refund, resent=resent
+                ),
+                retry_for_s=self.settings.worker_db_retry_s,
             )
-        await self.release(again, refund=refund)
+
+
+def gave_up(attempts: int, reason: str | None) -> str:
+    return f"gave up after {attempts} attempts: {reason or 'teacher errors'}"

@@ -74,27 +74,30 @@ def test_revoked_key_gets_401(service: Service) -> None:
     assert key_id in listed and "revoked" in listed and key not in listed
 
 
-def test_first_start_creates_and_prints_one_key(tmp_path: object, teacher: object) -> None:
-    """A fresh database: the service creates project "default" and prints its key once, and only once."""
+def test_first_start_creates_one_key_in_a_file_not_the_log(tmp_path: object, teacher: object) -> None:
+    """A fresh database: the service creates project "default" and writes its key to a file only this
+    user reads (the log names the file, never the key); a second start creates no other key."""
     import re
     import time
     from pathlib import Path
 
+    from app.main import FIRST_KEY_FILE
     from app.service_process import ServiceProcess
     from tests.conftest import teacher_settings
 
     data_dir = Path(str(tmp_path))
+    key_file = data_dir / FIRST_KEY_FILE
     process = ServiceProcess(data_dir=data_dir, teachers=teacher_settings(teacher))  # type: ignore[arg-type]
     with process:
         deadline = time.monotonic() + 60
-        found: list[str] = []
-        while not found and time.monotonic() < deadline:
-            found = re.findall(r"dk_[0-9a-f]{12}_[A-Za-z0-9_-]+", process.log_path.read_text())
+        while not key_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(found) == 1, process.log_path.read_text()
-        process.wait_ready(found[0])
-        with httpx.Client(base_url=process.url, headers={"authorization": f"Bearer {found[0]}"}) as client:
+        key = key_file.read_text().strip()
+        process.wait_ready(key)
+        with httpx.Client(base_url=process.url, headers={"authorization": f"Bearer {key}"}) as client:
             assert client.get("/v1/jobs").status_code == 200
     with ServiceProcess(data_dir=data_dir, teachers=teacher_settings(teacher)) as again:  # type: ignore[arg-type]
-        again.wait_ready(found[0])
-    assert len(re.findall(r"dk_[0-9a-f]{12}_", process.log_path.read_text())) == 1
+        again.wait_ready(key)
+    log = process.log_path.read_text()
+    assert re.findall(r"dk_[0-9a-f]{12}_", log) == [] and log.count(str(key_file.resolve())) == 1
+    assert key_file.read_text().strip() == key

@@ -25,16 +25,16 @@ TEACHER = "lease-test"  # never served, so the test service's worker leaves thes
 IDENTITY = (None, None, None, 20)  # what make_job records: only max_logprobs is known
 
 
-def settings(lease_s: float) -> Settings:
-    teacher = TeacherConfig.model_validate({"name": TEACHER, "base_url": "http://127.0.0.1:9", "model": "m"})
-    return Settings(teachers=[teacher], worker_lease_s=lease_s)
+def settings(lease_s: float, teacher: str = TEACHER, **more: object) -> Settings:
+    config = TeacherConfig.model_validate({"name": teacher, "base_url": "http://127.0.0.1:9", "model": "m"})
+    return Settings(teachers=[config], worker_lease_s=lease_s, **more)  # type: ignore[arg-type]
 
 
-async def make_job(db: Database, count: int) -> uuid.UUID:
+async def make_job(db: Database, count: int, teacher: str = TEACHER) -> uuid.UUID:
     params = GenerationParams(top_logprobs=2)
     async with db.transaction() as session:
         project = await insert_project(session, f"lease-{uuid.uuid4().hex[:8]}")
-        job = _new_job(project.id, TEACHER, params, {"max_logprobs": 20})
+        job = _new_job(project.id, teacher, params, {"max_logprobs": 20})
         session.add(job)
         await session.flush()
         job.total_items = await _insert_records(
@@ -54,8 +54,8 @@ def outcome_for(item: object, n: int = 1) -> ItemOutcome:
     return ItemOutcome(item, completions=completions)  # type: ignore[arg-type]
 
 
-async def claim_from(worker: Worker, limit: int) -> Claim:
-    return await worker.claim(TEACHER, IDENTITY, lambda spec: limit)
+async def claim_from(worker: Worker, limit: int, teacher: str = TEACHER) -> Claim:
+    return await worker.claim(teacher, IDENTITY, lambda spec: limit)
 
 
 async def counts(db: Database, job_id: uuid.UUID) -> tuple[int, int, str]:
@@ -98,7 +98,43 @@ async def test_release_and_renew(database: Database) -> None:
     async with database.transaction() as session:
         assert await repository.renew_leases(session, owner="someone-else", item_ids=ids, lease_until=until) == 0
         assert await repository.renew_leases(session, owner="worker-r", item_ids=ids, lease_until=until) == 2
-    await w.retry_later(claim.items)
+    await w.retry_later([ItemOutcome(i, reason="busy", transient=True) for i in claim.items])
     async with database.transaction(readonly=True) as session:
         statuses = (await session.execute(select(Item.status).where(Item.id.in_(ids)))).scalars().all()
     assert statuses == ["queued", "queued"]
+
+
+async def test_an_expired_lease_is_an_attempt_and_the_last_one_fails_the_item(database: Database) -> None:
+    """A prompt that kills (or stalls) every worker that takes it must not go round for ever."""
+    teacher = f"reap-{uuid.uuid4().hex[:8]}"
+    job_id = await make_job(database, 2, teacher)
+    w = Worker(database, settings(0.2, teacher, worker_max_attempts=2), worker_id="worker-dies")
+    for attempt in (1, 2):
+        claim = await claim_from(w, 10, teacher)
+        assert [i.attempts for i in claim.items] == [attempt, attempt]
+        await asyncio.sleep(0.4)  # the worker "dies" holding the lease
+        await w.reap()
+    assert (await claim_from(w, 10, teacher)).items == []
+    async with database.transaction(readonly=True) as session:
+        items = (await session.execute(select(Item).where(Item.job_id == job_id))).scalars().all()
+        job = await session.get(Job, job_id)
+    assert [(i.status, i.error) for i in items] == [
+        ("failed", "gave up after 2 attempts: its lease expired (the worker died or stalled)")
+    ] * 2
+    assert job is not None and (job.failed_items, job.status) == (2, "failed")
+
+
+async def test_an_item_sent_again_alone_counts_that_send(database: Database) -> None:
+    """Released after being sent twice in one claim (its batch's answer was unreadable), an item has spent
+    two attempts; with max_attempts 2 the next failure is its last."""
+    teacher = f"resend-{uuid.uuid4().hex[:8]}"
+    job_id = await make_job(database, 1, teacher)
+    w = Worker(database, settings(30, teacher, worker_max_attempts=2), worker_id="worker-resend")
+    (item,) = (await claim_from(w, 10, teacher)).items
+    await w.retry_later([ItemOutcome(item, reason="unreadable", resent=True)])
+    (again,) = (await claim_from(w, 10, teacher)).items
+    assert again.attempts == 3
+    await w.retry_later([ItemOutcome(again, reason="teacher answer is not JSON")])
+    async with database.transaction(readonly=True) as session:
+        failed = (await session.execute(select(Item).where(Item.job_id == job_id))).scalar_one()
+    assert (failed.status, failed.error) == ("failed", "gave up after 3 attempts: teacher answer is not JSON")

@@ -20,7 +20,7 @@ from app.jobs.service import _insert_records, _new_job, aiter_records, teacher_i
 from app.models import Job
 from app.settings import Settings, TeacherConfig
 from app.teachers.service import TeacherRegistry
-from app.worker import dispatcher
+from app.worker import calls, dispatcher
 from app.worker.service import Worker
 from tests.conftest import Teacher
 
@@ -54,19 +54,19 @@ async def test_replica_is_refilled_while_answers_wait_to_be_decoded(
 
     decoding = threading.Event()  # set by the test once it has seen enough batches go out
     fetched: list[int] = []
-    parse = dispatcher.parse_completions
+    parse = calls.parse_completions
 
     def held_parse(raw: bytes, **kwargs: Any) -> Any:
         # runs on the decode thread; an event-loop decode would block here and nothing else would be sent
         decoding.wait(timeout=30)
         return parse(raw, **kwargs)
 
-    monkeypatch.setattr(dispatcher, "parse_completions", held_parse)
+    monkeypatch.setattr(calls, "parse_completions", held_parse)
     replica = registry.replicas[name][0]
     completions = replica.client.completions
 
-    async def counted(body: dict[str, Any]) -> bytes:
-        raw = await completions(body)
+    async def counted(body: dict[str, Any], **kwargs: Any) -> bytes:
+        raw = await completions(body, **kwargs)
         fetched.append(len(body["prompt"]))
         return raw
 
