@@ -21,7 +21,7 @@ MESSY = [
     "\x00",
     "escape " + ESCAPE + " alone, " + ESCAPE + "0 before a zero, " + ESCAPE + ESCAPE,
     "\x00" + ESCAPE + "0\x00",
-    "rtl \u200fשלום\u200e mark",
+    "rtl \u200f\u05e9\u05dc\u05d5\u05dd\u200e mark",
     "combining e\u0301\u0302\u0303 a\u0308",
     "astral \U0001f600 \U00010348 and a backslash \\0 \\u0000",
     "tab\tand\r\nnewlines\u2028sep",
