@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -108,15 +107,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The schema, without the key requirement the app-wide dependency puts on the public routes."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes, description=app.description
-        )
-        for path in PUBLIC_PATHS:
-            for operation in schema.get("paths", {}).get(path, {}).values():
-                operation.pop("security", None)
-        app.openapi_schema = schema
-    return app.openapi_schema
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # the framework's own schema (cached in app.openapi_schema, edited in place)
+    for path in PUBLIC_PATHS:
+        for operation in schema.get("paths", {}).get(path, {}).values():
+            operation.pop("security", None)
+    return schema
 
 
 def write_secret(path: Path, text: str) -> Path:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.teachers.service import Replica
 from app.worker.controller import InflightController
@@ -24,7 +23,6 @@ class ReplicaLoad:
     metrics_retry_at: float = 0.0
     next_reading_at: float = 0.0
     uses_metrics: bool = False
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def room(self) -> int:
         return self.controller.target - self.sequences
