@@ -23,6 +23,7 @@ METADATA_KEY = b"distillery"
 
 
 def parquet_schema(k: int, lineage: dict[str, Any]) -> pa.Schema:
+    """The export's columns; with k = 0 there are no candidate columns (Arrow has no fixed-size list of 0)."""
     fields = [
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("teacher", pa.string(), nullable=False),
@@ -39,9 +40,10 @@ def parquet_schema(k: int, lineage: dict[str, Any]) -> pa.Schema:
         pa.field("prompt_token_ids", pa.list_(pa.int32())),
         pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
         pa.field("token_logprobs", pa.list_(pa.float32()), nullable=False),
-        pa.field("topk_ids", pa.list_(pa.list_(pa.int32(), k)), nullable=False),
-        pa.field("topk_logprobs", pa.list_(pa.list_(pa.float16(), k)), nullable=False),
     ]
+    if k > 0:
+        fields.append(pa.field("topk_ids", pa.list_(pa.list_(pa.int32(), k)), nullable=False))
+        fields.append(pa.field("topk_logprobs", pa.list_(pa.list_(pa.float16(), k)), nullable=False))
     return pa.schema(fields, metadata={METADATA_KEY: orjson.dumps(lineage)})
 
 
@@ -62,6 +64,14 @@ class _Sink(io.RawIOBase):
         out = b"".join(self._parts)
         self._parts.clear()
         return out
+
+
+def _split_columns(k: int) -> list[str]:
+    """The float and id leaves that compress better byte-split (written as Parquet paths)."""
+    leaves = ["token_logprobs.list.element"]
+    if k > 0:
+        leaves += ["topk_ids.list.element.list.element", "topk_logprobs.list.element.list.element"]
+    return leaves
 
 
 def _offsets(lengths: list[int]) -> pa.Array:
@@ -96,11 +106,7 @@ class ParquetExporter:
             compression="zstd",
             compression_level=compression_level,
             use_dictionary=["job_id", "teacher", "tokenizer_fingerprint", "finish_reason"],
-            column_encoding={
-                "topk_ids.list.element.list.element": "BYTE_STREAM_SPLIT",
-                "topk_logprobs.list.element.list.element": "BYTE_STREAM_SPLIT",
-                "token_logprobs.list.element": "BYTE_STREAM_SPLIT",
-            },
+            column_encoding={name: "BYTE_STREAM_SPLIT" for name in _split_columns(k)},
         )
 
     def table(self, rows: list[ExportRow]) -> pa.Table:
@@ -112,8 +118,6 @@ class ParquetExporter:
             parts = [getattr(r.arrays, name).reshape(-1) for r in rows]
             return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
 
-        topk_ids = pa.FixedSizeListArray.from_arrays(pa.array(flat("topk_ids", np.int32)), k)
-        topk_lps = pa.FixedSizeListArray.from_arrays(pa.array(flat("topk_logprobs", np.float16)), k)
         prompt_ids = pa.array(
             [None if r.prompt_token_ids is None else r.prompt_token_ids for r in rows],
             type=pa.list_(pa.int32()),
@@ -134,9 +138,11 @@ class ParquetExporter:
             prompt_ids,
             pa.ListArray.from_arrays(offsets, pa.array(flat("token_ids", np.int32))),
             pa.ListArray.from_arrays(offsets, pa.array(flat("token_logprobs", np.float32))),
-            pa.ListArray.from_arrays(offsets, topk_ids),
-            pa.ListArray.from_arrays(offsets, topk_lps),
         ]
+        if k > 0:
+            topk_ids = pa.FixedSizeListArray.from_arrays(pa.array(flat("topk_ids", np.int32)), k)
+            topk_lps = pa.FixedSizeListArray.from_arrays(pa.array(flat("topk_logprobs", np.float16)), k)
+            columns += [pa.ListArray.from_arrays(offsets, topk_ids), pa.ListArray.from_arrays(offsets, topk_lps)]
         return pa.Table.from_arrays(columns, schema=self.schema)
 
     def write(self, rows: list[ExportRow]) -> bytes:

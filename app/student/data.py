@@ -47,6 +47,7 @@ _COLUMNS = [
     "topk_ids",
     "topk_logprobs",
 ]
+_TOPK_COLUMNS = {"topk_ids", "topk_logprobs"}  # absent from a k = 0 export
 
 Example = dict[str, torch.Tensor]
 
@@ -94,7 +95,8 @@ def _list_rows(column: Any, k: int | None = None) -> tuple[npt.NDArray[np.int64]
 
 def _read_shard(path: Path) -> tuple[_Shard, list[RowKey], int, dict[str, Any]]:
     """Reads one export file into a shard, its row keys, its k and its lineage metadata."""
-    table = pq.read_table(path, columns=_COLUMNS)
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in _COLUMNS if c in present or c not in _TOPK_COLUMNS])
     raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
     lineage: dict[str, Any] = orjson.loads(raw_meta) if raw_meta else {}
 
@@ -102,12 +104,16 @@ def _read_shard(path: Path) -> tuple[_Shard, list[RowKey], int, dict[str, Any]]:
     if prompts.null_count:
         first = int(np.argmax(prompts.is_null().to_numpy(zero_copy_only=False)))
         raise ValueError(f"{path}: row {first} has no prompt_token_ids, so it cannot be aligned for training")
-    topk_ids_col = table.column("topk_ids").combine_chunks()
-    k = int(topk_ids_col.type.value_type.list_size)
     prompt_offsets, prompt_ids = _list_rows(prompts)
     token_offsets, token_ids = _list_rows(table.column("token_ids").combine_chunks())
-    ids_offsets, topk_ids = _list_rows(topk_ids_col, k)
-    lps_offsets, topk_lps = _list_rows(table.column("topk_logprobs").combine_chunks(), k)
+    if "topk_ids" in table.column_names:
+        topk_ids_col = table.column("topk_ids").combine_chunks()
+        k = int(topk_ids_col.type.value_type.list_size)
+        ids_offsets, topk_ids = _list_rows(topk_ids_col, k)
+        lps_offsets, topk_lps = _list_rows(table.column("topk_logprobs").combine_chunks(), k)
+    else:  # a k = 0 export: the sampled tokens only
+        k, ids_offsets, lps_offsets = 0, token_offsets, token_offsets
+        topk_ids, topk_lps = np.zeros((len(token_ids), 0), np.int32), np.zeros((len(token_ids), 0), np.float16)
     if not (np.array_equal(token_offsets, ids_offsets) and np.array_equal(token_offsets, lps_offsets)):
         raise ValueError(f"{path}: token_ids, topk_ids and topk_logprobs disagree on the number of positions")
     shard = _Shard(
