@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -32,8 +31,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from app.observability.logs import configure_logging
+
+    configure_logging(get_settings().log_format)
 
 
 @app.command()
@@ -49,17 +49,27 @@ def serve(
 
     _logging()
     settings = get_settings().model_copy(update={"embedded_worker": worker})
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings), host=host or settings.host, port=port or settings.port, log_config=None, log_level="info"
+    )
 
 
 @app.command("worker")
-def run_worker() -> None:
+def run_worker(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this worker's Prometheus metrics on this port (all interfaces).")
+    ] = None,
+) -> None:
     """Run a standalone worker: claims queued items and dispatches them to the teachers."""
+    from prometheus_client import start_http_server
+
     from app.database import Database
     from app.worker.service import Worker
 
     _logging()
     settings = get_settings()
+    if metrics_port is not None:
+        start_http_server(metrics_port)
 
     async def main() -> None:
         database = Database(settings.resolved_database_url, application_name=settings.database_application_name)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.observability.metrics import DATABASE_RETRIES
 from app.waiting import wait_first
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -91,6 +92,7 @@ class Database:
                 if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
                     raise
                 log.warning("database unavailable (%s); running the unit again in %.1fs", type(exc).__name__, delay)
+                DATABASE_RETRIES.inc()
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
 

@@ -58,7 +58,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 
 # Routes that answer without a key; every other route requires one (the app-wide dependency below).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def authorize(

@@ -27,6 +27,9 @@ from app.errors import http_error_handler, validation_error_handler
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.middleware import BodySizeLimit
+from app.observability.api import router as observability_router
+from app.observability.logs import RequestContext
+from app.observability.service import GaugeRefresher
 from app.records.api import router as records_router
 from app.settings import Settings, get_settings
 from app.teachers.api import router as teachers_router
@@ -68,7 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.registry = registry
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(registry.run(stop), name="teacher-probe")]
+        refresher = GaugeRefresher(database, [t.name for t in settings.teachers], interval_s=settings.metrics_refresh_s)
+        tasks = [
+            asyncio.create_task(registry.run(stop), name="teacher-probe"),
+            asyncio.create_task(refresher.run(stop), name="metrics-gauges"),
+        ]
         app.state.worker = Worker(database, settings, registry=registry) if settings.embedded_worker else None
         if app.state.worker is not None:
             tasks.append(asyncio.create_task(app.state.worker.run(stop), name="worker"))
@@ -93,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_max_bytes=settings.max_upload_bytes,
         upload_paths={"/v1/jobs/upload"},
     )
+    app.add_middleware(RequestContext)  # outermost: even a refused body gets its request id and is counted
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -101,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(records_router)
     app.include_router(datasets_router)
+    app.include_router(observability_router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     database_application_name: str = Field(default="distillery", max_length=63)
     host: str = "127.0.0.1"
     port: int = 8000
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="JSON objects or console text, one a line (default: console on a tty, else JSON)."
+    )
+    metrics_refresh_s: float = Field(
+        default=5.0, gt=0, description="How often the API reads queue depth and job counts for its /metrics gauges."
+    )
 
     embedded_worker: bool = True
     worker_lease_s: float = Field(default=120.0, gt=0)

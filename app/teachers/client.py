@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
+from app.observability.metrics import TEACHER_REQUEST_SECONDS, TEACHER_REQUESTS, request_outcome
 from app.settings import TeacherConfig
 from app.teachers.parsing import TeacherResponseError
 
@@ -22,6 +25,7 @@ ERROR_BODY_BYTES = 64 * 1024  # of an error answer, only this much is read (its 
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # The teacher, not the prompt, is wrong: a missing or rotated key, a wrong base path or model name.
 TEACHER_FAULT_STATUS = frozenset({401, 403, 404, 405})
+GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})  # timed in the latency histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class TeacherClient:
     def __init__(self, config: TeacherConfig, base_url: str | None = None, *, max_connections: int = 1024) -> None:
         self.config = config
         self.base_url = (base_url or config.replica_urls[0]).rstrip("/")
+        self.label = display_url(self.base_url)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=config.request_headers(),
@@ -153,15 +158,21 @@ class TeacherClient:
         headers = {"content-type": "application/json"} if content is not None else None
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         limit = max_bytes if max_bytes is not None else DEFAULT_MAX_ANSWER_BYTES
+        started = time.perf_counter()
         try:
             async with self._http.stream(method, path, content=content, headers=headers, **kwargs) as response:
                 if response.status_code != 200:
                     limit = ERROR_BODY_BYTES
                 body = await _read_at_most(response, limit)
         except httpx.TimeoutException as exc:
+            self._count(request_outcome(None, timeout=True))
             raise TeacherError(f"teacher timed out: {exc!r}", transient=True) from exc
         except httpx.HTTPError as exc:
+            self._count(request_outcome(None))
             raise TeacherError(f"teacher unreachable: {exc!r}", transient=True) from exc
+        self._count(request_outcome(response.status_code))
+        if path in GENERATION_PATHS:
+            TEACHER_REQUEST_SECONDS.labels(self.config.name).observe(time.perf_counter() - started)
         if response.status_code != 200:
             raise TeacherError(
                 f"teacher answered {response.status_code}: {_error_message(body or b'')}",
@@ -171,6 +182,19 @@ class TeacherClient:
         if body is None:
             raise TeacherResponseError(f"teacher answer is larger than {limit:,} bytes, the most this request allows")
         return body
+
+    def _count(self, outcome: str) -> None:
+        TEACHER_REQUESTS.labels(self.config.name, self.label, outcome).inc()
+
+
+def display_url(url: str) -> str:
+    """The URL without any user or password in it (fit for logs, metrics and the API)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:

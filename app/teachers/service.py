@@ -14,12 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from app.observability import metrics
 from app.settings import Settings, TeacherConfig
-from app.teachers.client import TeacherClient, TeacherError
+from app.teachers.client import TeacherClient, TeacherError, display_url
 from app.teachers.fingerprint import chat_template_fingerprint, tokenizer_fingerprint
 from app.teachers.parsing import token_id
 from app.teachers.schemas import IDENTITY_FIELDS, LogprobsMode, ReplicaRead, TeacherIdentity, TeacherRead
@@ -100,7 +100,7 @@ class TeacherRegistry:
         if replica.healthy and not in_rotation and replica.identity is not None:
             error = "out of rotation: " + _identity_difference(replica.identity, self.representative(name))
         return ReplicaRead(
-            url=_without_credentials(replica.url),
+            url=display_url(replica.url),
             healthy=replica.healthy,
             in_rotation=in_rotation,
             status=replica.status,
@@ -119,16 +119,20 @@ class TeacherRegistry:
         await self._check_all([(n, r) for n in names for r in self.replicas[n]], force=True)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Check replicas as they fall due until stop is set."""
-        while not stop.is_set():
-            try:
-                now = time.monotonic()
-                due = [(n, r) for n, rs in self.replicas.items() for r in rs if r.next_check <= now]
-                if due:
-                    await self._check_all(due, force=False)
-            except Exception:
-                log.exception("teacher refresh failed")
-            await wait_first(stop, timeout=TICK_S)
+        """Check replicas as they fall due until stop is set (their health is exported meanwhile)."""
+        collector = metrics.register(metrics.ReplicaCollector(self))
+        try:
+            while not stop.is_set():
+                try:
+                    now = time.monotonic()
+                    due = [(n, r) for n, rs in self.replicas.items() for r in rs if r.next_check <= now]
+                    if due:
+                        await self._check_all(due, force=False)
+                except Exception:
+                    log.exception("teacher refresh failed")
+                await wait_first(stop, timeout=TICK_S)
+        finally:
+            metrics.unregister(collector)
 
     async def _check_all(self, pairs: list[tuple[str, Replica]], *, force: bool) -> None:
         """Check these replicas at once, then settle their teachers' identities."""
@@ -141,7 +145,7 @@ class TeacherRegistry:
         """A dispatcher's request was refused as a whole (401/403/404/405) or the replica went away: out of
         rotation until a probe succeeds again."""
         if replica.healthy:
-            log.warning("teacher %s replica %s: %s; pausing it", name, _without_credentials(replica.url), exc.message)
+            log.warning("teacher %s replica %s: %s; pausing it", name, display_url(replica.url), exc.message)
         replica.healthy = False
         replica.status = exc.status
         replica.error = exc.message
@@ -180,7 +184,7 @@ class TeacherRegistry:
             status = exc.status if isinstance(exc, TeacherError) else None
             message = exc.message if isinstance(exc, TeacherError) else f"probe failed: {exc}"
             if replica.healthy or replica.error != message:
-                log.warning("teacher %s replica %s: %s", name, _without_credentials(replica.url), message)
+                log.warning("teacher %s replica %s: %s", name, display_url(replica.url), message)
             replica.healthy, replica.status, replica.error = False, status, message
             replica.next_check = time.monotonic() + replica.retry_s
             replica.retry_s = min(replica.retry_s * 2, MAX_RETRY_S, interval)
@@ -252,12 +256,3 @@ def _identity_difference(mine: TeacherIdentity, theirs: TeacherIdentity | None) 
         if getattr(mine, f) != getattr(theirs, f)
     ]
     return "its identity differs from the teacher's: " + ", ".join(diffs)
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

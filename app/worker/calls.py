@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from app.observability.metrics import PARSE_SECONDS
 from app.settings import TeacherConfig
 from app.teachers.client import TeacherError
 from app.teachers.parsing import (
@@ -100,7 +101,9 @@ class TeacherCalls:
                     hold.give_back(len(items) * n)  # a split's halves give back their own shares
                 raise
             hold.give_back(len(items) * n)
+            started = time.perf_counter()
             outcomes = await self.worker.off_loop(decode, raw)
+            PARSE_SECONDS.observe(time.perf_counter() - started)
         except TeacherError as exc:
             if exc.teacher_fault:
                 self.registry.report_fault(self.config.name, load.replica, exc)

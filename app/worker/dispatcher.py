@@ -16,6 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 from app.database import is_transient_db_error
+from app.observability import logs
+from app.observability.metrics import GENERATED_TOKENS, STORED_BYTES
 from app.settings import TeacherConfig
 from app.teachers.client import ServerLoad, TeacherError
 from app.teachers.requests import logprob_entries_per_prompt
@@ -157,6 +159,8 @@ class TeacherDispatcher:
 
     async def _process(self, claim: Claim, load: ReplicaLoad, sequences: int) -> None:
         ids = [item.id for item in claim.items]
+        logs.job_id.set(str(claim.items[0].job_id))  # this batch's task has its own context: its lines say so
+        logs.batch_id.set(f"{ids[0]}+{len(ids)}")
         self.worker.inflight.update(ids)
         hold = Hold(load, sequences, self._released)
         try:
@@ -205,7 +209,9 @@ class TeacherDispatcher:
         if not outcomes:
             return []
         try:
-            await self.worker.store(outcomes)
+            stored = await self.worker.store(outcomes)
+            GENERATED_TOKENS.labels(self.config.name).inc(stored.tokens)
+            STORED_BYTES.labels(self.config.name).inc(stored.bytes)
             return []
         except Exception as exc:
             if is_transient_db_error(exc):

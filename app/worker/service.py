@@ -24,13 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database import Database
 from app.jobs.repository import JOBS_CHANNEL
 from app.models import utcnow
+from app.observability import metrics
+from app.observability.metrics import CLAIM_SECONDS, LEASES_REAPED, STALE_WRITES, STORE_SECONDS
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 from app.waiting import wait_first
 from app.worker import repository, scheduler
 from app.worker.dispatcher import TeacherDispatcher
 from app.worker.schemas import Claim, ItemOutcome, JobSpec
-from app.worker.store import build_rows, write_rows
+from app.worker.store import Stored, build_rows, write_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,10 +75,14 @@ class Worker:
         if not self.database.is_sqlite:
             background.append(asyncio.create_task(self.database.listen(JOBS_CHANNEL, self.wake, stop)))
         dispatchers = [TeacherDispatcher(self, t, registry) for t in self.settings.teachers]
+        collector = metrics.register(
+            metrics.DispatchCollector((d.config.name, lo) for d in dispatchers for lo in d.loads)
+        )
         log.info("worker %s started for teachers %s", self.id, [t.name for t in self.settings.teachers])
         try:
             await asyncio.gather(*(d.run(stop) for d in dispatchers))
         finally:
+            metrics.unregister(collector)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -159,7 +165,10 @@ class Worker:
                     return Claim(items=items, jobs={job.spec.id: job.spec})
             return Claim(items=[], jobs={})
 
-        return await self.database.run(work)
+        started = time.perf_counter()
+        claim = await self.database.run(work)
+        CLAIM_SECONDS.observe(time.perf_counter() - started)
+        return claim
 
     async def renew_leases(self) -> None:
         ids = sorted(self.inflight)
@@ -174,6 +183,8 @@ class Worker:
         reaped, failed = await self.database.run(
             lambda s: repository.reap_expired_leases(s, utcnow(), max_attempts=limit)
         )
+        LEASES_REAPED.labels("requeued").inc(reaped)
+        LEASES_REAPED.labels("failed").inc(failed)
         if reaped or failed:
             log.info("items whose lease expired: %d re-queued, %d failed (out of attempts)", reaped, failed)
 
@@ -184,14 +195,19 @@ class Worker:
                 retry_for_s=self.settings.worker_db_retry_s,
             )
 
-    async def store(self, outcomes: list[ItemOutcome]) -> None:
+    async def store(self, outcomes: list[ItemOutcome]) -> Stored:
         """One transaction: results in, items done or failed, job counters, all only for items we still own.
         Repeatable: after a commit the items are no longer leased, so a rerun stores nothing twice."""
-        if outcomes:
-            built = await self.off_loop(build_rows, outcomes)
-            await self.database.run(
-                lambda s: write_rows(s, self.id, built), retry_for_s=self.settings.worker_db_retry_s
-            )
+        if not outcomes:
+            return Stored()
+        started = time.perf_counter()
+        built = await self.off_loop(build_rows, outcomes)
+        stored = await self.database.run(
+            lambda s: write_rows(s, self.id, built), retry_for_s=self.settings.worker_db_retry_s
+        )
+        STORE_SECONDS.observe(time.perf_counter() - started)
+        STALE_WRITES.inc(stored.stale)
+        return stored
 
     async def retry_later(self, outcomes: list[ItemOutcome], *, refund: bool = False) -> None:
         """Items to try again later go back to the queue; once out of attempts they fail, with the reason of

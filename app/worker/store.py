@@ -20,6 +20,7 @@ from app.worker.schemas import ItemOutcome
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 4000
+PACKED_COLUMNS = ("token_ids", "token_logprobs", "topk_ids", "topk_logprobs")
 
 
 @dataclass(slots=True)
@@ -72,9 +73,18 @@ def build_rows(outcomes: list[ItemOutcome]) -> list[ItemRows]:
     return built
 
 
-async def write_rows(session: AsyncSession, owner: str, built: list[ItemRows]) -> int:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What one store wrote: items dropped as stale, tokens and packed bytes of the results kept."""
+
+    stale: int = 0
+    tokens: int = 0
+    bytes: int = 0
+
+
+async def write_rows(session: AsyncSession, owner: str, built: list[ItemRows]) -> Stored:
     """One transaction's writes: results in, items done or failed, job counters; only for items `owner`
-    still holds (a stale worker writes nothing). Returns the rows dropped as stale."""
+    still holds (a stale worker writes nothing)."""
     owned = await repository.owned_items(session, owner=owner, item_ids=[b.item_id for b in built])
     done: dict[uuid.UUID, int] = defaultdict(int)
     failed: dict[uuid.UUID, int] = defaultdict(int)
@@ -104,7 +114,8 @@ async def write_rows(session: AsyncSession, owner: str, built: list[ItemRows]) -
     stale = len(built) - len(owned)
     if stale:
         log.warning("dropped %d results whose lease this worker no longer holds", stale)
-    return stale
+    packed = sum(len(r[c]) for r in results for c in PACKED_COLUMNS)
+    return Stored(stale=stale, tokens=sum(tokens.values()), bytes=packed)
 
 
 def finished_row(
