@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
 
 from app.api_client import ApiCallError, DistilleryClient
 from app.settings import get_settings
@@ -73,7 +74,7 @@ def run_worker(
 
     async def main() -> None:
         database = Database(settings.resolved_database_url, application_name=settings.database_application_name)
-        await database.upgrade_schema()
+        await database.prepare_schema(migrate=settings.migrate_on_start)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,7 +141,8 @@ def db_upgrade() -> None:
         return None
 
     _on_database(nothing)
-    console.print(f"schema at head on {get_settings().resolved_database_url}")
+    url = make_url(get_settings().resolved_database_url).render_as_string(hide_password=True)
+    console.print(f"schema at head on {url}")
 
 
 @teacher_app.command("build-tiny")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -24,7 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.observability.metrics import DATABASE_RETRIES
 from app.waiting import wait_first
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The migrations: beside the package in a source checkout, under <prefix>/share/distillery in an install.
+MIGRATION_DIRS = (
+    Path(__file__).resolve().parent.parent / "migrations",
+    Path(sysconfig.get_paths()["data"]) / "share" / "distillery" / "migrations",
+)
+MIGRATION_LOCK = 0x6469_7374_696C  # pg_advisory_xact_lock key: one process migrates at a time
 T = TypeVar("T")
 # Deadlock detected, serialization failure: the transaction lost a race and can simply run again.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
@@ -121,9 +129,29 @@ class Database:
             delay = min(delay * 2, 10.0)
 
     async def upgrade_schema(self) -> None:
-        """Run Alembic migrations up to head on this database."""
+        """Run Alembic migrations up to head on this database. On Postgres under an advisory lock held to
+        the end of the migrating transaction: processes starting together migrate one after the other (the
+        later ones find the schema at head and do nothing)."""
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             await conn.run_sync(_upgrade, str(self.url.render_as_string(hide_password=False)))
+
+    async def schema_revision(self) -> tuple[str | None, str | None]:
+        """(the database's schema revision, the head revision of the migrations this code carries)."""
+        async with self.engine.connect() as conn:
+            current = await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        head = ScriptDirectory.from_config(alembic_config(str(self.url))).get_current_head()
+        return current, head
+
+    async def prepare_schema(self, *, migrate: bool) -> None:
+        """Migrate to head, or (when a separate step migrates) refuse to start on a schema not at head."""
+        if migrate:
+            await self.upgrade_schema()
+            return
+        current, head = await self.schema_revision()
+        if current != head:
+            raise RuntimeError(f"the database schema is at {current}, not {head}: run `distillery db upgrade` first")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -136,9 +164,16 @@ def dialect_insert(session: AsyncSession) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+def migrations_dir() -> Path:
+    for path in MIGRATION_DIRS:
+        if (path / "env.py").is_file():
+            return path
+    raise RuntimeError(f"no migrations found (looked in {', '.join(map(str, MIGRATION_DIRS))})")
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

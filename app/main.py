@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.resolved_database_url, application_name=settings.database_application_name)
-        await database.upgrade_schema()
+        await database.prepare_schema(migrate=settings.migrate_on_start)
         first_key = await database.run(ensure_first_key)
         if first_key is not None:
             path = write_secret(settings.data_dir / FIRST_KEY_FILE, first_key.key + "\n")

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = Field(
         default=None, description="JSON objects or console text, one a line (default: console on a tty, else JSON)."
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Bring the schema to head when a process starts; false where a separate step migrates "
+        "(the process then refuses to start on an older schema).",
+    )
     metrics_refresh_s: float = Field(
         default=5.0, gt=0, description="How often the API reads queue depth and job counts for its /metrics gauges."
     )
