@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-smoke clean
+.PHONY: setup tools demo test lint bench-smoke clean
 
 setup: $(STAMP)
 
@@ -20,15 +20,21 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m app demo
 
-test: setup
+# Debian's prometheus (server and promtool) for the deployment tests; skipped when already there.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
+
+test: setup tools
 	$(PY) -m pytest
 
 bench-smoke: setup
 	$(PY) -m pytest tests/bench -q
 
 lint: setup
-	$(VENV)/bin/ruff check app tests bench migrations
-	$(VENV)/bin/ruff format --check app tests bench migrations
+	$(VENV)/bin/ruff check app tests bench migrations deploy
+	$(VENV)/bin/ruff format --check app tests bench migrations deploy
 	$(VENV)/bin/mypy app
 
 clean:

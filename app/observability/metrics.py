@@ -57,6 +57,12 @@ PARSE_SECONDS = Histogram(
 STORE_SECONDS = Histogram(
     "distillery_store_seconds", "Encoding and storing one batch's results (one transaction).", buckets=LATENCY_BUCKETS
 )
+ITEMS_FINISHED = Counter(
+    "distillery_items_finished_total", "Items finished by workers, by result (done, or failed for good).", ["result"]
+)
+LEASES_EXPIRED = Gauge(
+    "distillery_leases_expired_items", "Leased items whose lease has expired and which no reaper took back yet."
+)
 LEASES_REAPED = Counter(
     "distillery_leases_reaped_total", "Expired leases taken back, by what became of the item.", ["result"]
 )

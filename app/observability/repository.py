@@ -36,3 +36,9 @@ async def oldest_queued_job(session: AsyncSession) -> dict[str, datetime]:
 async def jobs_by_state(session: AsyncSession) -> dict[str, int]:
     stmt = select(Job.status, func.count()).group_by(Job.status)
     return {status: int(count) for status, count in (await session.execute(stmt)).all()}
+
+
+async def expired_leases(session: AsyncSession, now: datetime) -> int:
+    """Leased items past their lease (the leased partial index is on lease_expires_at)."""
+    stmt = select(func.count()).select_from(Item).where(Item.status == "leased", Item.lease_expires_at < now)
+    return int((await session.execute(stmt)).scalar_one())

@@ -30,15 +30,18 @@ class GaugeRefresher:
     async def refresh(self) -> None:
         """One reading of every gauge; teachers and states with nothing are set to 0 (not left stale)."""
 
-        async def read(session: AsyncSession) -> tuple[Any, Any, Any]:
+        now = utcnow()
+
+        async def read(session: AsyncSession) -> tuple[Any, Any, Any, int]:
             return (
                 await repository.items_by_teacher_and_state(session),
                 await repository.oldest_queued_job(session),
                 await repository.jobs_by_state(session),
+                await repository.expired_leases(session, now),
             )
 
-        items, oldest, jobs = await self.database.run(read, readonly=True)
-        now = utcnow()
+        items, oldest, jobs, expired = await self.database.run(read, readonly=True)
+        metrics.LEASES_EXPIRED.set(expired)
         for teacher in {*self.teachers, *(t for t, _ in items)}:
             for state in repository.PENDING_ITEM_STATES:
                 metrics.QUEUE_ITEMS.labels(teacher, state).set(items.get((teacher, state), 0))

@@ -25,7 +25,7 @@ from app.database import Database
 from app.jobs.repository import JOBS_CHANNEL
 from app.models import utcnow
 from app.observability import metrics
-from app.observability.metrics import CLAIM_SECONDS, LEASES_REAPED, STALE_WRITES, STORE_SECONDS
+from app.observability.metrics import CLAIM_SECONDS, ITEMS_FINISHED, LEASES_REAPED, STALE_WRITES, STORE_SECONDS
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 from app.waiting import wait_first
@@ -207,6 +207,8 @@ class Worker:
         )
         STORE_SECONDS.observe(time.perf_counter() - started)
         STALE_WRITES.inc(stored.stale)
+        ITEMS_FINISHED.labels("done").inc(stored.done)
+        ITEMS_FINISHED.labels("failed").inc(stored.failed)
         return stored
 
     async def retry_later(self, outcomes: list[ItemOutcome], *, refund: bool = False) -> None:

@@ -75,9 +75,11 @@ def build_rows(outcomes: list[ItemOutcome]) -> list[ItemRows]:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """What one store wrote: items dropped as stale, tokens and packed bytes of the results kept."""
+    """What one store wrote: items dropped as stale, items done and failed, tokens and packed bytes stored."""
 
     stale: int = 0
+    done: int = 0
+    failed: int = 0
     tokens: int = 0
     bytes: int = 0
 
@@ -115,7 +117,7 @@ async def write_rows(session: AsyncSession, owner: str, built: list[ItemRows]) -
     if stale:
         log.warning("dropped %d results whose lease this worker no longer holds", stale)
     packed = sum(len(r[c]) for r in results for c in PACKED_COLUMNS)
-    return Stored(stale=stale, tokens=sum(tokens.values()), bytes=packed)
+    return Stored(stale, sum(done.values()), sum(failed.values()), sum(tokens.values()), packed)
 
 
 def finished_row(

@@ -65,6 +65,8 @@ def test_api_metrics_count_what_the_job_stored(teacher: Teacher, postgres_url: s
         before, "distillery_generated_tokens_total", teacher="tiny"
     )
     assert generated == job["tokens_generated"]
+    done = value(after, "distillery_items_finished_total", result="done")
+    assert done - value(before, "distillery_items_finished_total", result="done") == len(PROMPTS)
     assert value(after, "distillery_stored_bytes_total", teacher="tiny") > 0
     replica = teacher.base_url.rstrip("/")
     assert value(after, "distillery_teacher_requests_total", teacher="tiny", replica=replica, outcome="2xx") >= 1
