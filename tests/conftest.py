@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -128,3 +129,17 @@ def api(service: Service) -> Iterator[httpx.Client]:
     """A client of the service for project "alpha"."""
     with service.client() as client:
         yield client
+
+
+KEY_IN_TEXT = re.compile(rb"dk_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no log any service, worker or teacher wrote holds a Distillery API key."""
+    yield
+    leaks = []
+    for path in tmp_path_factory.getbasetemp().rglob("*.log"):
+        if KEY_IN_TEXT.search(path.read_bytes()):
+            leaks.append(str(path))
+    assert not leaks, f"an API key appears in {leaks}"
