@@ -12,8 +12,8 @@ from app.jobs import service
 from app.jobs.schemas import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    CoreParams,
     FailurePage,
-    GenerationParams,
     JobCreate,
     JobKind,
     JobPage,
@@ -37,12 +37,16 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class JobUploadForm(GenerationParams):
-    """The upload's multipart form: the JSONL file, the teacher and the generation params, flat."""
+class JobUploadForm(CoreParams):
+    """The upload's multipart form: the JSONL file, the teacher and the core generation params, flat; any
+    other sampling parameter in `sampling`, a JSON object."""
 
     teacher: str = Field(min_length=1, max_length=64)
     kind: JobKind = "generate"
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher first.")
+    sampling: str | None = Field(
+        default=None, description='More sampling parameters as a JSON object, e.g. {"top_k": 40, "min_p": 0.05}.'
+    )
     file: UploadFile = Field(description="JSONL, one prompt record per line.")
 
 
@@ -87,7 +91,9 @@ async def upload_job(
     wake_workers: WakeWorkersDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
-    params = GenerationParams.model_validate(form.model_dump(exclude={"teacher", "kind", "priority", "file"}))
+    params = service.upload_params(
+        form.model_dump(exclude={"teacher", "kind", "priority", "file", "sampling"}), form.sampling
+    )
     digest = ""
     if idempotency_key is not None:
         fields = f"{form.teacher}\n{form.kind}\n{form.priority}\n{params.model_dump_json()}".encode()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -89,10 +89,32 @@ class PromptRecord(BaseModel):
         return self
 
 
-class GenerationParams(BaseModel):
-    """How the teacher generates. Logprobs are always requested; `top_logprobs` is k."""
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+class StructuredOutputs(BaseModel):
+    """Constrain the text (vLLM's structured outputs): exactly one of a JSON schema, a regex, a choice of
+    strings or a grammar."""
 
     model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | None = Field(default=None, alias="json", description="A JSON schema.")
+    regex: str | None = Field(default=None, min_length=1)
+    choice: list[str] | None = Field(default=None, min_length=1, max_length=256)
+    grammar: str | None = Field(default=None, min_length=1, description="An EBNF grammar.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [name for name in ("json_", "regex", "choice", "grammar") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'json', 'regex', 'choice' or 'grammar'")
+        return self
+
+
+class CoreParams(BaseModel):
+    """The generation parameters every job has (flat fields of the upload form too)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     max_tokens: int = Field(default=128, ge=1, le=32768)
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)
@@ -109,8 +131,71 @@ class GenerationParams(BaseModel):
 
     @field_validator("stop")
     @classmethod
+    def _storable_stop(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [storable_text(v, nul=False) for v in value]
+
+
+class GenerationParams(CoreParams):
+    """How the teacher generates. Logprobs are always requested; `top_logprobs` is k. Beyond the core
+    seven, every field is vLLM's own sampling parameter of that name, sent only when set; the chat ones
+    (`chat_template_kwargs`, `add_generation_prompt`, `continue_final_message`) only with chat messages."""
+
+    top_k: int | None = Field(default=None, ge=-1, description="Sample among the k likeliest (-1 or 0: all).")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Drop tokens below min_p x the top one.")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    min_tokens: int | None = Field(default=None, ge=0, description="No EOS or stop token before this many.")
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=256)
+    include_stop_str_in_output: bool | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = Field(default=None, description="Whether the text leaves them out.")
+    logit_bias: dict[str, float] | None = Field(
+        default=None, max_length=300, description="Token id (as a string key) to a bias in [-100, 100]."
+    )
+    allowed_token_ids: list[TokenId] | None = Field(default=None, min_length=1, max_length=65536)
+    bad_words: list[str] | None = Field(default=None, max_length=256)
+    structured_outputs: StructuredOutputs | None = None
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=-1, description="Keep only the prompt's last N tokens (-1: the model's context)."
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(default=None, description="Chat: extra template variables.")
+    add_generation_prompt: bool | None = Field(default=None, description="Chat: open the assistant turn.")
+    continue_final_message: bool | None = Field(default=None, description="Chat: extend the final assistant turn.")
+
+    @field_validator("bad_words")
+    @classmethod
     def _storable(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [storable_text(v, nul=False) for v in value]
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _storable_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else storable_json(value)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        for key, bias in value.items():
+            if not key.isdigit() or int(key) >= 2**31:
+                raise ValueError(f"key {key!r} is not a token id")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias {bias} of token {key} is outside [-100, 100]")
+        return {str(int(k)): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerationParams:
+        if self.min_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("add_generation_prompt and continue_final_message cannot both be true")
+        return self
+
+    def lineage(self) -> dict[str, Any]:
+        """The params as stored and recorded in lineage: the fields that were set (vLLM's names)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class JobCreate(BaseModel):

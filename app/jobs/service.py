@@ -18,6 +18,7 @@ from app.database import Database
 from app.errors import ApiError, not_found
 from app.jobs import repository
 from app.jobs.schemas import (
+    CoreParams,
     FailurePage,
     GenerationParams,
     ItemFailure,
@@ -94,7 +95,7 @@ def _new_job(
         teacher=teacher,
         kind=kind,
         status="queued",
-        params=params.model_dump(mode="json"),
+        params=params.lineage(),
         top_logprobs=params.top_logprobs,
         num_samples=params.n,
         teacher_info=info,
@@ -135,10 +136,32 @@ async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterabl
     return count
 
 
+def upload_params(core: dict[str, Any], sampling: str | None) -> GenerationParams:
+    """An upload's parameters: its flat form fields and the JSON object in its `sampling` field."""
+    extra: Any = {}
+    if sampling:
+        try:
+            extra = orjson.loads(sampling)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(422, f"not JSON: {exc}", loc=["body", "sampling"]) from None
+        if not isinstance(extra, dict):
+            raise ApiError(422, "must be a JSON object", loc=["body", "sampling"])
+        if flat := sorted(set(extra) & set(CoreParams.model_fields)):
+            raise ApiError(422, f"give {', '.join(flat)} as form fields of their own", loc=["body", "sampling"])
+    try:
+        return GenerationParams.model_validate({**core, **extra})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ["body", "sampling"] if error["loc"] and error["loc"][0] in extra else ["body"]
+        raise ApiError(422, error["msg"], loc=[*where, *error["loc"]]) from None
+
+
 def check_kind_params(kind: str, params: GenerationParams, loc: list[str | int]) -> None:
     """A scoring job scores one given response per record: no samples to draw."""
     if kind == "score" and params.n != 1:
         raise ApiError(422, "a scoring job has exactly one response per record: n must be 1", loc=[*loc, "n"])
+    if kind == "score" and (shaping := sorted(params.lineage().keys() - set(CoreParams.model_fields))):
+        raise ApiError(422, f"a scoring job generates nothing: {', '.join(shaping)} would not apply", loc=loc)
 
 
 class RecordChecker:

@@ -63,7 +63,7 @@ def chat_body(model: str, spec: JobSpec, messages: list[dict[str, Any]], *, seed
     return {
         "model": model,
         "messages": messages,
-        **_sampling(spec, seed),
+        **_sampling(spec, seed, chat=True),
         "logprobs": True,
         "top_logprobs": chat_top_logprobs(spec),
         "return_tokens_as_token_ids": True,
@@ -83,7 +83,28 @@ def logprob_entries_per_prompt(spec: JobSpec) -> int:
     return spec.n * max_tokens * (spec.k + 1)
 
 
-def _sampling(spec: JobSpec, seed: int | None) -> dict[str, Any]:
+# vLLM's own sampling parameters a job may set, passed through under the same names when set.
+PASSED_THROUGH = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "skip_special_tokens",
+    "logit_bias",
+    "allowed_token_ids",
+    "bad_words",
+    "structured_outputs",
+    "truncate_prompt_tokens",
+)
+CHAT_ONLY = ("chat_template_kwargs", "add_generation_prompt", "continue_final_message")
+
+
+def _sampling(spec: JobSpec, seed: int | None, *, chat: bool = False) -> dict[str, Any]:
     p = spec.params
     body: dict[str, Any] = {
         "max_tokens": p["max_tokens"],
@@ -95,4 +116,7 @@ def _sampling(spec: JobSpec, seed: int | None) -> dict[str, Any]:
         body["stop"] = p["stop"]
     if seed is not None:
         body["seed"] = seed
+    for name in (*PASSED_THROUGH, *CHAT_ONLY) if chat else PASSED_THROUGH:
+        if p.get(name) is not None:
+            body[name] = p[name]
     return body
