@@ -26,6 +26,7 @@ from app.dependencies import PUBLIC_PATHS, authorize
 from app.errors import http_error_handler, validation_error_handler
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
+from app.maintenance import run_maintenance
 from app.middleware import BodySizeLimit
 from app.records.api import router as records_router
 from app.settings import Settings, get_settings
@@ -68,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
         app.state.registry = registry
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(registry.run(stop), name="teacher-probe")]
+        tasks = [
+            asyncio.create_task(registry.run(stop), name="teacher-probe"),
+            asyncio.create_task(run_maintenance(database, settings, stop), name="maintenance"),
+        ]
         app.state.worker = Worker(database, settings, registry=registry) if settings.embedded_worker else None
         if app.state.worker is not None:
             tasks.append(asyncio.create_task(app.state.worker.run(stop), name="worker"))
