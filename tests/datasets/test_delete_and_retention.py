@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -139,3 +140,18 @@ def test_a_build_left_by_a_killed_process_is_failed_at_start(maintained: Service
         dataset = api.get(f"/v1/datasets/{dataset_id}").json()
         assert "interrupted" in dataset["error"] and dataset["finished_at"] is not None
         assert not shard.parent.exists()
+
+
+def test_build_locks_tell_live_builds_from_orphans(tmp_path: Path) -> None:
+    """flock conflicts between open files even in one process, so a sweep in the builder's own process also
+    sees its build as live; the lock file goes with the lock."""
+    locks, dataset_id = BuildLocks(tmp_path), uuid.uuid4()
+    with locks.building(dataset_id):
+        with locks.orphaned(dataset_id) as orphan:
+            assert orphan is False
+        with pytest.raises(RuntimeError):
+            locks.building(dataset_id).__enter__()
+    assert list(locks.directory.iterdir()) == []
+    with locks.orphaned(dataset_id) as orphan:
+        assert orphan is True
+    assert list(locks.directory.iterdir()) == []
