@@ -10,13 +10,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs.repository import PROGRESS_BUCKET_S
+from app.jobs.service import RATE_WINDOW_BUCKETS
 from app.models import IdempotencyKey, JobProgress, utcnow
 from tests.conftest import Service
 from tests.helpers import submit, wait_done
 from tests.maintained import eventually, in_database, maintained
 
 __all__ = ["maintained"]  # the fixture, imported for this module
-RATE_WINDOW_BUCKETS = 3  # as app/jobs/service.py reads tokens/s: the last three full buckets and this one
 
 
 def test_an_expired_idempotency_key_makes_a_new_job(maintained: Service) -> None:
