@@ -26,6 +26,7 @@ from app.dependencies import PUBLIC_PATHS, authorize
 from app.errors import http_error_handler, validation_error_handler
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
+from app.maintenance import run_maintenance
 from app.middleware import BodySizeLimit
 from app.observability.api import router as observability_router
 from app.observability.logs import RequestContext
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(registry.run(stop), name="teacher-probe"),
             asyncio.create_task(refresher.run(stop), name="metrics-gauges"),
+            asyncio.create_task(run_maintenance(database, settings, stop), name="maintenance"),
         ]
         app.state.worker = Worker(database, settings, registry=registry) if settings.embedded_worker else None
         if app.state.worker is not None:

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     max_messages_per_prompt: int = Field(default=256, ge=1)
     max_metadata_bytes: int = Field(default=16_384, ge=2, description="Per prompt, as compact JSON.")
     idempotency_pending_ttl_s: float = Field(default=600.0, gt=0, description="When a crashed request's key frees.")
+    idempotency_ttl_hours: float = Field(
+        default=24.0, gt=0, description="Idempotency keys are forgotten this long after first use."
+    )
 
     export_chunk_rows: int = Field(default=512, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
@@ -153,6 +156,13 @@ class Settings(BaseSettings):
     def resolved_datasets_dir(self) -> Path:
         """The configured datasets directory, or `datasets` in the data directory."""
         return self.datasets_dir if self.datasets_dir is not None else self.data_dir / "datasets"
+
+    # --- upkeep ---
+    # Finished datasets (ready or failed) older than this many days are purged; None keeps them forever.
+    retention_days: int | None = None
+    maintenance_interval_s: float = Field(
+        default=300.0, gt=0, description="How often expired data is purged and interrupted builds are failed."
+    )
 
 
 @lru_cache

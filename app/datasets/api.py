@@ -1,4 +1,5 @@
-"""Routes of the datasets API: build from completed jobs, list, read the manifest, download files by range."""
+"""Routes of the datasets API: build from completed jobs, list, read the manifest, download files by range,
+delete."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.datasets import service
+from app.datasets import cleanup, service
 from app.datasets.schemas import DatasetCreate, DatasetPage, DatasetRead
 from app.datasets.service import StoredFile
 from app.datasets.storage import DatasetStorage, LocalStorage
@@ -63,6 +64,15 @@ async def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetRead)
 async def get_dataset(dataset_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> DatasetRead:
     return service.to_read(await service.get_dataset(session, dataset_id, principal.project_id))
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(409))
+async def delete_dataset(
+    dataset_id: uuid.UUID, database: DatabaseDep, storage: StorageDep, principal: PrincipalDep
+) -> Response:
+    """Delete a ready or failed dataset with its files (409 while it builds)."""
+    await cleanup.delete_dataset(database, storage, dataset_id, principal.project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{dataset_id}/files/{name}", response_class=StreamingResponse, responses=FILE_RESPONSES)

@@ -10,12 +10,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Dataset, DatasetFile, Job, utcnow
 
 LEDGER_BATCH = 500
+DELETING = "deleting"  # a status no API answer shows: the dataset is gone for its project, its files going
+FINISHED = ("ready", "failed")
 
 
 async def jobs_by_id(
@@ -33,8 +35,9 @@ async def insert_dataset(session: AsyncSession, dataset: Dataset) -> Dataset:
 
 
 async def get_dataset(session: AsyncSession, dataset_id: uuid.UUID, project_id: uuid.UUID) -> Dataset | None:
-    """The dataset if it belongs to the project; another project's dataset is as good as missing."""
-    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id)
+    """The dataset if it belongs to the project; another project's dataset, or one being deleted, is as good
+    as missing."""
+    stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id, Dataset.status != DELETING)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -44,7 +47,7 @@ async def list_datasets(
     """The project's datasets, newest first, keyset-paged on (created_at, id)."""
     stmt = (
         select(Dataset)
-        .where(Dataset.project_id == project_id)
+        .where(Dataset.project_id == project_id, Dataset.status != DELETING)
         .order_by(Dataset.created_at.desc(), Dataset.id.desc())
         .limit(limit)
     )
@@ -80,6 +83,68 @@ async def mark_failed(session: AsyncSession, dataset_id: uuid.UUID, error: str) 
 
 async def get_file(session: AsyncSession, dataset_id: uuid.UUID, name: str) -> DatasetFile | None:
     return await session.get(DatasetFile, (dataset_id, name))
+
+
+async def mark_deleting(session: AsyncSession, dataset_id: uuid.UUID, project_id: uuid.UUID) -> bool:
+    """Hide a finished dataset of the project before its files go; False when it is missing or not finished."""
+    result = await session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.project_id == project_id, Dataset.status.in_(FINISHED))
+        .values(status=DELETING)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def status_of(session: AsyncSession, dataset_id: uuid.UUID, project_id: uuid.UUID) -> str | None:
+    stmt = select(Dataset.status).where(Dataset.id == dataset_id, Dataset.project_id == project_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def mark_expired_deleting(session: AsyncSession, finished_before: datetime, limit: int) -> int:
+    """Hide up to `limit` finished datasets older than the cutoff, for deletion."""
+    expired = (
+        select(Dataset.id)
+        .where(Dataset.status.in_(FINISHED), Dataset.finished_at < finished_before)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(Dataset).where(Dataset.id.in_(expired), Dataset.status.in_(FINISHED)).values(status=DELETING)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def datasets_in(
+    session: AsyncSession, status: str, *, limit: int, after: uuid.UUID | None = None
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(id, project id) of up to `limit` datasets in a status, by id."""
+    stmt = select(Dataset.id, Dataset.project_id).where(Dataset.status == status).order_by(Dataset.id).limit(limit)
+    if after is not None:
+        stmt = stmt.where(Dataset.id > after)
+    return [(row.id, row.project_id) for row in (await session.execute(stmt)).all()]
+
+
+async def delete_file_rows(session: AsyncSession, dataset_id: uuid.UUID, limit: int) -> int:
+    """Delete up to `limit` of the dataset's file rows; the count deleted."""
+    batch = select(DatasetFile.name).where(DatasetFile.dataset_id == dataset_id).limit(limit).scalar_subquery()
+    result = await session.execute(
+        delete(DatasetFile).where(DatasetFile.dataset_id == dataset_id, DatasetFile.name.in_(batch))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_dataset_row(session: AsyncSession, dataset_id: uuid.UUID) -> None:
+    await session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.status == DELETING))
+
+
+async def fail_if_building(session: AsyncSession, dataset_id: uuid.UUID, error: str) -> bool:
+    """Mark a dataset failed only if it is still building; False when its build ended meanwhile."""
+    result = await session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.status == "building")
+        .values(status="failed", error=error, finished_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 class PromptLedger:

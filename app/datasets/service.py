@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import Database
 from app.datasets import repository
+from app.datasets.build_locks import BuildLocks
 from app.datasets.builder import ShardInfo, ShardSet, schema_text
 from app.datasets.schemas import (
     SPLIT_HASH,
@@ -136,7 +137,9 @@ def _lineage(job: Job) -> JobLineage:
     )
 
 
-async def start_build(database: Database, settings: Settings, body: DatasetCreate, project_id: uuid.UUID) -> BuildPlan:
+async def start_build(
+    database: Database, settings: Settings, body: DatasetCreate, project_id: uuid.UUID, dataset_id: uuid.UUID
+) -> BuildPlan:
     """Check the request against the project's jobs and record the dataset as building (committed at once)."""
     _check_request(body)
     shard_rows, shard_bytes = body.shard_rows, body.shard_bytes
@@ -147,7 +150,7 @@ async def start_build(database: Database, settings: Settings, body: DatasetCreat
         jobs = _check_jobs(body, await repository.jobs_by_id(session, body.jobs, project_id))
         top_k = _top_k(body, jobs)
         dataset = Dataset(
-            id=uuid.uuid4(),
+            id=dataset_id,
             project_id=project_id,
             name=body.name,
             status="building",
@@ -385,9 +388,12 @@ def _sha256(data: bytes) -> str:
 async def create_dataset(
     database: Database, storage: DatasetStorage, settings: Settings, body: DatasetCreate, project_id: uuid.UUID
 ) -> DatasetRead:
-    """Accept the request, build the dataset in this request, and return it (ready, or failed with its error)."""
-    plan = await start_build(database, settings, body, project_id)
-    await run_build(database, storage, settings, plan)
+    """Accept the request, build the dataset in this request, and return it (ready, or failed with its error).
+    The build lock is taken before the row exists, so the row never looks orphaned (see build_locks)."""
+    dataset_id = uuid.uuid4()
+    with BuildLocks(settings.resolved_datasets_dir).building(dataset_id):
+        plan = await start_build(database, settings, body, project_id, dataset_id)
+        await run_build(database, storage, settings, plan)
 
     async def read(session: AsyncSession) -> DatasetRead:
         return to_read(await get_dataset(session, plan.dataset_id, project_id))

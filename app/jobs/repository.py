@@ -154,3 +154,21 @@ async def failed_items(session: AsyncSession, job_id: uuid.UUID, *, after: int |
     if after is not None:
         stmt = stmt.where(Item.id > after)
     return list((await session.execute(stmt)).scalars())
+
+
+async def delete_idempotency_keys_before(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Forget up to `limit` idempotency keys first used before the cutoff; the count deleted."""
+    expired = (
+        select(IdempotencyKey.project_id, IdempotencyKey.key).where(IdempotencyKey.created_at < before).limit(limit)
+    )
+    result = await session.execute(
+        delete(IdempotencyKey).where(tuple_(IdempotencyKey.project_id, IdempotencyKey.key).in_(expired))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_progress_before(session: AsyncSession, before_bucket: int, limit: int) -> int:
+    """Delete up to `limit` progress buckets older than `before_bucket`; the count deleted."""
+    old = select(JobProgress.job_id, JobProgress.bucket).where(JobProgress.bucket < before_bucket).limit(limit)
+    result = await session.execute(delete(JobProgress).where(tuple_(JobProgress.job_id, JobProgress.bucket).in_(old)))
+    return int(result.rowcount)  # type: ignore[attr-defined]

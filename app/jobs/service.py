@@ -35,6 +35,7 @@ from app.teachers.service import TeacherRegistry
 INSERT_CHUNK = 1000
 MAX_REPORTED_LINE_ERRORS = 100
 RATE_WINDOW_BUCKETS = 3
+PROGRESS_SPARE_BUCKETS = 6
 LINEAGE_FIELDS = (
     "served_model",
     "model_root",
@@ -369,6 +370,12 @@ async def list_failures(
 
 def _bucket_now() -> int:
     return int(time.time()) // repository.PROGRESS_BUCKET_S
+
+
+def progress_horizon() -> int:
+    """The oldest progress bucket the tokens/s figure may still read (to_reads), with a minute to spare for
+    clocks that differ between processes; older buckets can go."""
+    return _bucket_now() - RATE_WINDOW_BUCKETS - PROGRESS_SPARE_BUCKETS
 
 
 async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:

@@ -21,6 +21,7 @@ def test_requests_without_a_valid_key_get_401(service: Service) -> None:
         ("GET", "/v1/teachers"),
         ("POST", "/v1/jobs"),
         ("GET", f"/v1/jobs/{job_id}/export"),
+        ("DELETE", f"/v1/datasets/{job_id}"),
     ]
     for header in (None, "Bearer nope", "Bearer dk_000000000000_wrong", "Basic abc"):
         headers = {"authorization": header} if header else {}
