@@ -143,3 +143,13 @@ def no_key_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         if KEY_IN_TEXT.search(path.read_bytes()):
             leaks.append(str(path))
     assert not leaks, f"an API key appears in {leaks}"
+
+
+@pytest.fixture
+def empty_postgres(postgres_url: str) -> Iterator[str]:
+    """A new, empty Postgres database of this test's own (postgres_url first: it fails or skips the run
+    without Postgres). The session database is shared: another test's worker may claim from it."""
+    name = f"distillery_deploy_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

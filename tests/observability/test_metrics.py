@@ -39,6 +39,13 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_for(check: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -46,10 +53,10 @@ def wait_for(check: object, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def test_api_metrics_count_what_the_job_stored(teacher: Teacher, postgres_url: str, tmp_path: Path) -> None:
+def test_api_metrics_count_what_the_job_stored(teacher: Teacher, empty_postgres: str, tmp_path: Path) -> None:
     """The embedded worker's counters are on the API's /metrics (public: no key), and agree with the job."""
     service = ServiceProcess(
-        data_dir=tmp_path, teachers=teacher_settings(teacher), database_url=postgres_url, extra_env=FAST_GAUGES
+        data_dir=tmp_path, teachers=teacher_settings(teacher), database_url=empty_postgres, extra_env=FAST_GAUGES
     )
     key = service.create_key("metrics")
     with service, httpx.Client(base_url=service.url, headers={"authorization": f"Bearer {key}"}, timeout=60) as api:
@@ -99,11 +106,11 @@ def test_queue_gauges_see_waiting_work(teacher: Teacher, tmp_path: Path) -> None
     assert value(samples, "distillery_jobs", state="queued") == 1
 
 
-def test_standalone_worker_serves_its_own_metrics(teacher: Teacher, postgres_url: str, tmp_path: Path) -> None:
+def test_standalone_worker_serves_its_own_metrics(teacher: Teacher, empty_postgres: str, tmp_path: Path) -> None:
     service = ServiceProcess(
         data_dir=tmp_path,
         teachers=teacher_settings(teacher),
-        database_url=postgres_url,
+        database_url=empty_postgres,
         extra_env=FAST_GAUGES,
         embedded_worker=False,
     )
@@ -119,6 +126,7 @@ def test_standalone_worker_serves_its_own_metrics(teacher: Teacher, postgres_url
                 stderr=subprocess.STDOUT,
             )
             try:
+                wait_for(lambda: _answers(f"http://127.0.0.1:{port}/metrics"), timeout=60)
                 job = wait_done(api, submit(api, PROMPTS, max_tokens=8, top_logprobs=2)["id"])
                 ours = scrape(f"http://127.0.0.1:{port}/metrics")
             finally:
