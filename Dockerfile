@@ -4,6 +4,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY distillery_tools ./distillery_tools
+COPY distillery_student ./distillery_student
 COPY migrations ./migrations
 RUN pip wheel --no-deps --wheel-dir /wheels .
 

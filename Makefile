@@ -35,9 +35,9 @@ bench-smoke: setup
 	$(PY) -m pytest tests/bench -q
 
 lint: setup
-	$(VENV)/bin/ruff check app tests bench migrations deploy
-	$(VENV)/bin/ruff format --check app tests bench migrations deploy
-	$(VENV)/bin/mypy app
+	$(VENV)/bin/ruff check app distillery_tools distillery_student tests bench migrations deploy examples
+	$(VENV)/bin/ruff format --check app distillery_tools distillery_student tests bench migrations deploy examples
+	$(VENV)/bin/mypy app distillery_tools distillery_student
 
 clean:
 	rm -rf $(VENV) data

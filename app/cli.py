@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import make_url
 
 from app.api_client import ApiCallError, DistilleryClient
+from app.progress import follow_job
 from app.settings import get_settings
 
 app = typer.Typer(help="Distillery: teacher top-k logprobs as knowledge-distillation datasets.", no_args_is_help=True)
@@ -152,8 +152,8 @@ def teacher_build_tiny(
     steps: Annotated[int | None, typer.Option(help="Training steps (default: the builder's).")] = None,
 ) -> None:
     """Build the tiny Llama teacher from nothing: tokenizer, config, a short training run, safetensors."""
-    from app.tiny_teacher import default_cache_dir
-    from app.tiny_teacher.build import build_tiny_teacher, ensure_tiny_teacher
+    from distillery_tools.tiny_teacher import default_cache_dir
+    from distillery_tools.tiny_teacher.build import build_tiny_teacher, ensure_tiny_teacher
 
     _logging()
     if out is None and steps is None:
@@ -178,9 +178,9 @@ def teacher_serve(
     import os
     import subprocess
 
-    from app.tiny_teacher import default_cache_dir
-    from app.tiny_teacher.build import ensure_tiny_teacher
-    from app.tiny_teacher.serve import vllm_server_command, vllm_server_env
+    from distillery_tools.tiny_teacher import default_cache_dir
+    from distillery_tools.tiny_teacher.build import ensure_tiny_teacher
+    from distillery_tools.tiny_teacher.serve import vllm_server_command, vllm_server_env
 
     model_dir = model or ensure_tiny_teacher(default_cache_dir())
     cmd = vllm_server_command(model_dir, port=port, served_model_name=name, max_logprobs=max_logprobs, dtype=dtype)
@@ -190,31 +190,6 @@ def teacher_serve(
 def _fail(exc: ApiCallError) -> typer.Exit:
     console.print(f"[red]HTTP {exc.status}[/red]: {json.dumps(exc.detail, indent=2)}")
     return typer.Exit(1)
-
-
-def follow_job(client: DistilleryClient, job_id: str) -> dict[str, Any]:
-    """Show a progress bar until the job reaches a final status."""
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tps]:>8.0f} tok/s"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("queued", total=None, tps=0.0)
-
-        def update(job: dict[str, Any]) -> None:
-            counts = job["counts"]
-            progress.update(
-                task,
-                total=counts["total"],
-                completed=counts["done"] + counts["failed"] + counts["cancelled"],
-                description=job["status"],
-                tps=job["tokens_per_second"],
-            )
-
-        return client.wait(job_id, on_update=update)
 
 
 @app.command()
@@ -247,7 +222,7 @@ def submit(
             typer.echo(job["id"])
             if not wait:
                 return
-            job = follow_job(client, job["id"])
+            job = follow_job(client, console, job["id"])
     except ApiCallError as exc:
         raise _fail(exc) from None
     counts = job["counts"]
@@ -305,7 +280,7 @@ def demo(
     top_logprobs: int = 20,
 ) -> None:
     """End to end on this machine: tiny teacher, vLLM, the service on SQLite, a job, its Parquet export."""
-    from app.demo import run_demo
+    from distillery_tools.demo import run_demo
 
     sys.exit(run_demo(prompts=prompts, data_dir=data_dir, max_tokens=max_tokens, top_logprobs=top_logprobs))
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import psutil
 
-from app.service_process import ServiceProcess
 from bench.common import (
     cpu_seconds,
     fmt,
@@ -36,6 +35,7 @@ from bench.common import (
     write_result,
 )
 from bench.replay_teacher import DEFAULT_RECORDING, ReplayTeacher
+from distillery_tools.service_process import ServiceProcess
 
 TARGET_PER_CORE = 150_000
 TARGET_BYTES_PER_TOKEN = 140

@@ -21,10 +21,10 @@ import orjson
 import psutil
 
 from app.api_client import DistilleryClient
-from app.service_process import ServiceProcess
-from app.tiny_teacher import default_cache_dir
-from app.tiny_teacher.build import ensure_tiny_teacher
-from app.tiny_teacher.serve import VllmServer
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher import default_cache_dir
+from distillery_tools.tiny_teacher.build import ensure_tiny_teacher
+from distillery_tools.tiny_teacher.serve import VllmServer
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -28,7 +28,6 @@ from typing import Any
 
 import psutil
 
-from app.service_process import ServiceProcess
 from bench.common import (
     cpu_seconds,
     fmt,
@@ -42,6 +41,7 @@ from bench.common import (
 )
 from bench.fleet_sim import FleetSimulator, read_metrics
 from bench.sim_replica import LengthSampler, ReplicaOptions
+from distillery_tools.service_process import ServiceProcess
 
 TEACHER = "sim"
 

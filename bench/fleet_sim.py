@@ -29,10 +29,10 @@ from typing import IO, Any, Self
 import httpx
 import psutil
 
-from app.service_process import stop_process
-from app.tiny_teacher.serve import free_port
 from bench.replay_teacher import run_until_interrupted
 from bench.sim_replica import ReplicaOptions, add_replica_flags, options_from, serve
+from distillery_tools.service_process import stop_process
+from distillery_tools.tiny_teacher.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _METRIC = re.compile(r"^(vllm:[a-z_]+)\{[^}]*\}\s+(\S+)$", re.MULTILINE)

@@ -30,8 +30,8 @@ from typing import IO, Any, Self, cast
 import httpx
 import orjson
 
-from app.service_process import stop_process
-from app.tiny_teacher.serve import free_port
+from distillery_tools.service_process import stop_process
+from distillery_tools.tiny_teacher.serve import free_port
 
 DEFAULT_RECORDING = Path(__file__).parent / "recordings" / "tiny_k20.json.gz"
 PREFIX = "token_id:"

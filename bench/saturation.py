@@ -30,7 +30,6 @@ import orjson
 import psutil
 
 from app.api_client import FINAL_STATUSES, DistilleryClient
-from app.service_process import ServiceProcess
 from bench.common import (
     fmt,
     fresh_postgres,
@@ -42,6 +41,7 @@ from bench.common import (
     tiny_teacher,
     write_result,
 )
+from distillery_tools.service_process import ServiceProcess
 
 MODEL = "tiny"
 LONG_TAIL_VALUES = (8, 16, 32, 64, 128, 256, 512)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.service_process import ServiceProcess
 from bench.common import (
     RssSampler,
     fmt,
@@ -27,6 +26,7 @@ from bench.common import (
     write_result,
 )
 from bench.replay_teacher import DEFAULT_RECORDING, ReplayTeacher
+from distillery_tools.service_process import ServiceProcess
 
 TARGET_SECONDS = 10.0
 

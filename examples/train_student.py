@@ -5,7 +5,7 @@
 Rows are split into train and held-out by a hash of (job_id, item_id), so a prompt's samples stay on one
 side and the split is the same on every run; `--val` uses separate files as the held-out set instead. The
 held-out scores are measured before and after training, per token: KL(teacher || student) at T = 1 on the
-teacher's top-k plus a tail bucket ("kl"; see app/student/loss.py), the same KL renormalized over the top-k
+teacher's top-k plus a tail bucket ("kl"; see distillery_student/loss.py), the same KL renormalized over the top-k
 ("kl_topk"), and the cross-entropy on the sampled tokens ("ce").
 The last line printed is that report as JSON.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from app.student.data import DistillationDataset, Example, collate, split_by_prompt
-from app.student.loss import TAILS, Tail, cross_entropy, kd_loss, kl_to_teacher
-from app.student.model import StudentSpec, TeacherVocab, build_student, parameter_count, teacher_vocab
+from distillery_student.data import DistillationDataset, Example, collate, split_by_prompt
+from distillery_student.loss import TAILS, Tail, cross_entropy, kd_loss, kl_to_teacher
+from distillery_student.model import StudentSpec, TeacherVocab, build_student, parameter_count, teacher_vocab
 
 
 @dataclass
@@ -73,8 +73,8 @@ def _vocab(config: TrainConfig, dataset: DistillationDataset) -> TeacherVocab:
     else:
         folder = config.teacher_dir
         if folder is None:
-            from app.tiny_teacher import default_cache_dir
-            from app.tiny_teacher.build import tiny_teacher_dir
+            from distillery_tools.tiny_teacher import default_cache_dir
+            from distillery_tools.tiny_teacher.build import tiny_teacher_dir
 
             folder = tiny_teacher_dir(default_cache_dir(), 0)
         vocab = teacher_vocab(folder)

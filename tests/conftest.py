@@ -15,10 +15,10 @@ import asyncpg
 import httpx
 import pytest
 
-from app.service_process import ServiceProcess
-from app.tiny_teacher import default_cache_dir
-from app.tiny_teacher.build import ensure_tiny_teacher
-from app.tiny_teacher.serve import VllmServer
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher import default_cache_dir
+from distillery_tools.tiny_teacher.build import ensure_tiny_teacher
+from distillery_tools.tiny_teacher.serve import VllmServer
 
 POSTGRES_ADMIN_DSN = os.environ.get("DISTILLERY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.tiny_teacher.serve import free_port
+from distillery_tools.tiny_teacher.serve import free_port
 
 FAULTS = ("500", "429", "timeout", "broken_json", "drop")
 # What chaos mode does to a real /v1/completions answer that includes a prompt marked POISON:<kind>.

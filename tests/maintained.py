@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import Database
 from app.models import Project
-from app.service_process import ServiceProcess
+from distillery_tools.service_process import ServiceProcess
 from tests.conftest import Service, Teacher, _admin, teacher_settings
 
 T = TypeVar("T")

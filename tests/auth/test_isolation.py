@@ -83,7 +83,7 @@ def test_first_start_creates_one_key_in_a_file_not_the_log(tmp_path: object, tea
     from pathlib import Path
 
     from app.main import FIRST_KEY_FILE
-    from app.service_process import ServiceProcess
+    from distillery_tools.service_process import ServiceProcess
     from tests.conftest import teacher_settings
 
     data_dir = Path(str(tmp_path))

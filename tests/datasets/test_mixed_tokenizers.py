@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from app.service_process import ServiceProcess
-from app.tiny_teacher.build import TinyTeacherSpec, build_tiny_teacher
-from app.tiny_teacher.serve import VllmServer
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher.build import TinyTeacherSpec, build_tiny_teacher
+from distillery_tools.tiny_teacher.serve import VllmServer
 from tests.conftest import Teacher
 from tests.helpers import submit, wait_done
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from app.service_process import ServiceProcess, stop_process
-from app.tiny_teacher.serve import VllmServer, free_port
+from distillery_tools.service_process import ServiceProcess, stop_process
+from distillery_tools.tiny_teacher.serve import VllmServer, free_port
 from tests.conftest import Teacher
 from tests.helpers import wait_done
 

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pyarrow.parquet as pq
 
-from app.student.data import DistillationDataset
+from distillery_student.data import DistillationDataset
 from tests.helpers import all_records, submit, wait_done
 
 PROMPTS = [{"custom_id": f"z{i}", "prompt": f"def zero_{i}("} for i in range(6)]

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app.service_process import ServiceProcess
-from app.tiny_teacher.serve import VllmServer
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher.serve import VllmServer
 from tests.conftest import Teacher
 from tests.fault_proxy import FaultProxy
 from tests.helpers import all_records, result_stats, wait_done

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.service_process import ServiceProcess
+from distillery_tools.service_process import ServiceProcess
 from tests.conftest import Teacher
 from tests.fault_proxy import FaultProxy
 from tests.helpers import result_stats, wait_done

@@ -14,8 +14,8 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.service_process import ServiceProcess, stop_process
-from app.tiny_teacher.serve import free_port
+from distillery_tools.service_process import ServiceProcess, stop_process
+from distillery_tools.tiny_teacher.serve import free_port
 from tests.conftest import Teacher, teacher_settings
 from tests.helpers import submit, wait_done
 

@@ -13,7 +13,7 @@ import torch
 from app.codecs.topk import DEFAULT_CODEC, TopKArrays
 from app.exporters.parquet import ParquetExporter
 from app.exporters.rows import ExportRow
-from app.student.data import IGNORE_INDEX, DistillationDataset, RowKey, collate, split_by_prompt
+from distillery_student.data import IGNORE_INDEX, DistillationDataset, RowKey, collate, split_by_prompt
 
 JOB = uuid.UUID("00000000-0000-4000-8000-000000000001")
 K = 3

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from app.student.loss import cross_entropy, kd_loss, kl_to_teacher
+from distillery_student.loss import cross_entropy, kd_loss, kl_to_teacher
 
 # One position, vocabulary 5, k = 2. Student logits log([1, 2, 3, 2, 2]): probabilities [.1, .2, .3, .2, .2].
 # Teacher top-2: id 2 with p = 0.5, id 1 with p = 0.25, so a tail of 0.25 outside {2, 1}.

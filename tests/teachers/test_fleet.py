@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.service_process import ServiceProcess
-from app.tiny_teacher.build import TinyTeacherSpec, build_tiny_teacher
-from app.tiny_teacher.serve import VllmServer
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher.build import TinyTeacherSpec, build_tiny_teacher
+from distillery_tools.tiny_teacher.serve import VllmServer
 from tests.conftest import Teacher
 from tests.fault_proxy import FaultProxy
 from tests.helpers import result_stats, wait_done

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.tiny_teacher.build import (
+from distillery_tools.tiny_teacher.build import (
     BUILDER_VERSION,
     TinyTeacherSpec,
     build_tiny_teacher,

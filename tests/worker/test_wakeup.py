@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from app.service_process import ServiceProcess, stop_process
+from distillery_tools.service_process import ServiceProcess, stop_process
 from tests.conftest import Teacher, teacher_settings
 from tests.helpers import wait_done
 

@@ -15,7 +15,7 @@ position i = P - 1 + t predicts r[t], and every per-position tensor is indexed b
 
 Positions 0 .. P - 2 (inside the prompt) and L - 1 (after the last token) carry no target: labels -100,
 topk ids and logprobs 0, mask False. Labels are pre-shifted, so do NOT pass them to a Hugging Face model's
-`labels=` argument (it would shift them again); use `app.student.loss.kd_loss` on the logits instead.
+`labels=` argument (it would shift them again); use `distillery_student.loss.kd_loss` on the logits instead.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Knowledge-distillation loss on Distillery's sparse teacher targets (top-k ids and logprobs per position).
 
-All tensors are indexed by logits position, as `app.student.data` builds them: `student_logits[b, i]` is the
+All tensors are indexed by logits position, as `distillery_student.data` builds them: `student_logits[b, i]` is the
 student's prediction for `labels[b, i]`, and `topk_ids[b, i]` / `topk_logprobs[b, i]` are the teacher's top-k
 for that same token. A slot with id < 0 or logprob -inf is missing and takes no part.
 
@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from app.student.data import IGNORE_INDEX
+from distillery_student.data import IGNORE_INDEX
 
 Tail = Literal["bucket", "renormalize"]
 Reduction = Literal["mean", "sum", "none"]

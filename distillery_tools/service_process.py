@@ -14,7 +14,7 @@ from typing import IO, Any, Self
 
 import httpx
 
-from app.tiny_teacher.serve import free_port
+from distillery_tools.tiny_teacher.serve import free_port
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, grace: float) -> None:

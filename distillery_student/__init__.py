@@ -3,8 +3,8 @@
 Needs torch (the planned `student` extra); `model` also needs transformers. Nothing else in `app` imports this.
 """
 
-from app.student.data import IGNORE_INDEX, DistillationDataset, collate, split_by_prompt
-from app.student.loss import kd_loss, kl_to_teacher
+from distillery_student.data import IGNORE_INDEX, DistillationDataset, collate, split_by_prompt
+from distillery_student.loss import kd_loss, kl_to_teacher
 
 __all__ = [
     "IGNORE_INDEX",

@@ -9,17 +9,16 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from app.api_client import DistilleryClient
-from app.service_process import ServiceProcess
-from app.tiny_teacher import default_cache_dir
-from app.tiny_teacher.build import ensure_tiny_teacher
-from app.tiny_teacher.serve import VllmServer
+from app.progress import follow_job
+from distillery_tools.service_process import ServiceProcess
+from distillery_tools.tiny_teacher import default_cache_dir
+from distillery_tools.tiny_teacher.build import ensure_tiny_teacher
+from distillery_tools.tiny_teacher.serve import VllmServer
 
 console = Console(stderr=True)
 
 
 def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: int) -> int:
-    from app.cli import follow_job
-
     data_dir.mkdir(parents=True, exist_ok=True)
     console.print("[bold]1/5[/bold] tiny teacher (built once, then cached)")
     model_dir = ensure_tiny_teacher(default_cache_dir())
@@ -46,7 +45,7 @@ def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: in
                     },
                 )
                 started = time.monotonic()
-                job = follow_job(client, job["id"])
+                job = follow_job(client, console, job["id"])
                 elapsed = time.monotonic() - started
                 out = data_dir / f"job-{job['id']}.parquet"
                 console.print(f"[bold]5/5[/bold] exporting to {out}")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.tiny_teacher.corpus import DEFAULT_MAX_BYTES, collect_corpus, corpus_digest
+from distillery_tools.tiny_teacher.corpus import DEFAULT_MAX_BYTES, collect_corpus, corpus_digest
 
 log = logging.getLogger(__name__)
 
