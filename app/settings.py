@@ -121,8 +121,23 @@ class Settings(BaseSettings):
         default=24.0, gt=0, description="Idempotency keys are forgotten this long after first use."
     )
 
-    export_chunk_rows: int = Field(default=512, ge=1)
+    export_chunk_rows: int = Field(default=512, ge=1, description="At most this many rows per export chunk.")
     max_page_size: int = Field(default=1000, ge=1)
+    chunk_bytes: int = Field(
+        default=8 << 20,
+        ge=1,
+        description="Each export chunk, dataset-build chunk and row group, and /records page stops before its rows "
+        "pass this many bytes (decoded size estimated from stored sizes: 8 per token per top-k slot plus one, 4 per "
+        "prompt token, and text, prompt, messages and metadata as stored); a row larger than this goes alone.",
+    )
+
+    @property
+    def max_upload_line_bytes(self) -> int:
+        """The longest JSONL line a valid record can take: prompt and response (or message contents) at 12
+        bytes a character (a non-BMP character written as two \\u escapes), metadata at 6 bytes a byte (any
+        byte written as one \\u escape), 256 bytes of keys and quotes per message, and 64 KiB for the rest."""
+        text_bytes = 2 * self.max_prompt_chars * 12
+        return text_bytes + 6 * self.max_metadata_bytes + 256 * self.max_messages_per_prompt + (64 << 10)
 
     @property
     def resolved_database_url(self) -> str:
@@ -149,7 +164,9 @@ class Settings(BaseSettings):
 
     # --- datasets ---
     datasets_dir: Path | None = Field(default=None, description="Shards and manifests; default <data_dir>/datasets.")
-    dataset_chunk_rows: int = Field(default=512, ge=1, description="Rows read per query and per Parquet row group.")
+    dataset_chunk_rows: int = Field(
+        default=512, ge=1, description="At most this many rows per query and per Parquet row group (see chunk_bytes)."
+    )
     dataset_shard_bytes: int = Field(default=256 << 20, ge=1 << 16, description="Default target shard size.")
 
     @property

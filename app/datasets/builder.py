@@ -1,7 +1,8 @@
 """The shard writer: one split's rows into numbered Parquet shards in storage, with size and sha256 each.
 
 Shards have the job export's columns (app/exporters/parquet.py), the teacher column per row (a dataset
-mixes jobs) and top-k columns cut to the dataset's k. Rows are buffered into row groups of a fixed size
+mixes jobs) and top-k columns cut to the dataset's k. Rows are buffered into row groups of at most
+`row_group_rows` rows and `row_group_bytes` bytes (app.exporters.rows.row_bytes; a larger row goes alone),
 and shards rotate after `shard_rows` rows or once `shard_bytes` are written, so the same rows in the same
 order always give the same bytes. Synchronous and CPU-bound: callers run it in a thread.
 """
@@ -20,7 +21,7 @@ import pyarrow as pa
 from app.codecs.topk import TopKArrays
 from app.datasets.storage import DatasetStorage, StorageWriter
 from app.exporters.parquet import ParquetExporter, parquet_schema
-from app.exporters.rows import ExportRow
+from app.exporters.rows import ExportRow, row_bytes
 
 
 def schema_text(k: int) -> str:
@@ -110,6 +111,7 @@ class ShardSet:
         fingerprint: str | None,
         lineage: dict[str, Any],
         row_group_rows: int,
+        row_group_bytes: int,
         shard_rows: int | None,
         shard_bytes: int | None,
     ) -> None:
@@ -121,24 +123,29 @@ class ShardSet:
         self.fingerprint = fingerprint
         self.lineage = {**lineage, "split": split}
         self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
         self.shard_rows = shard_rows
         self.shard_bytes = shard_bytes
         self.shards: list[ShardInfo] = []
         self._buffer: list[ExportRow] = []
+        self._buffered_bytes = 0
         self._current: _Shard | None = None
 
     def add(self, rows: list[ExportRow]) -> None:
-        """Buffer rows; write full row groups as they fill."""
-        self._buffer.extend(truncate(r, self.k) for r in rows)
-        while len(self._buffer) >= self.row_group_rows:
-            group, self._buffer = self._buffer[: self.row_group_rows], self._buffer[self.row_group_rows :]
-            self._write(group)
+        """Buffer rows; write each row group once it is full in rows, or the next row would pass its bytes."""
+        for row in rows:
+            row = truncate(row, self.k)
+            size = row_bytes(row)
+            if self._buffer and self._buffered_bytes + size > self.row_group_bytes:
+                self._flush()
+            self._buffer.append(row)
+            self._buffered_bytes += size
+            if len(self._buffer) >= self.row_group_rows:
+                self._flush()
 
     def close(self) -> list[ShardInfo]:
         """Write what is buffered and finish the last shard; returns every shard written."""
-        if self._buffer:
-            self._write(self._buffer)
-            self._buffer = []
+        self._flush()
         if self._current is not None:
             self._finish()
         return self.shards
@@ -148,6 +155,11 @@ class ShardSet:
         if self._current is not None:
             self._current.abort()
             self._current = None
+
+    def _flush(self) -> None:
+        if self._buffer:
+            group, self._buffer, self._buffered_bytes = self._buffer, [], 0
+            self._write(group)
 
     def _name(self) -> str:
         return f"{self.split}-{len(self.shards):05d}.parquet"

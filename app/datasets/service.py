@@ -44,8 +44,7 @@ from app.datasets.storage import DatasetStorage
 from app.errors import ApiError, not_found
 from app.exporters.rows import ExportRow
 from app.models import Dataset, DatasetFile, Job, utcnow
-from app.records.repository import result_page
-from app.records.service import export_row
+from app.records.service import export_row, result_chunks
 from app.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -296,6 +295,7 @@ async def _write_shards(database: Database, storage: DatasetStorage, settings: S
                 fingerprint=None if fingerprint is None else str(fingerprint),
                 lineage=lineage,
                 row_group_rows=chunk,
+                row_group_bytes=settings.chunk_bytes,
                 shard_rows=plan.shard_rows,
                 shard_bytes=plan.shard_bytes,
             )
@@ -304,18 +304,10 @@ async def _write_shards(database: Database, storage: DatasetStorage, settings: S
     )
     try:
         for job in plan.jobs:
-            after: tuple[int, int] | None = None
-            while True:
-                async with database.transaction(readonly=True) as session:
-                    page = await result_page(session, job.job_id, after=after, limit=chunk)
-                if not page:
-                    break
+            async for page in result_chunks(database, job.job_id, chunk_rows=chunk, chunk_bytes=settings.chunk_bytes):
                 build.codecs.update(r.codec for r in page)
                 rows = [export_row(job.job_id, r) for r in page]
                 await asyncio.to_thread(build.feed, rows)
-                after = (page[-1].item_id, page[-1].sample_index)
-                if len(page) < chunk:
-                    break
     except BaseException:
         await asyncio.to_thread(build.abort)
         raise

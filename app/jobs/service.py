@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database import Database
 from app.errors import ApiError, not_found
 from app.jobs import repository
+from app.jobs.lines import iter_lines
 from app.jobs.schemas import (
     CoreParams,
     FailurePage,
@@ -233,20 +234,6 @@ async def create_job(
     return job
 
 
-async def iter_lines(upload: AsyncReadable, chunk_size: int = 1 << 20) -> AsyncIterator[tuple[int, bytes]]:
-    """(1-based line number, line) from an upload read in chunks; the file is never held whole."""
-    lineno = 0
-    pending = b""
-    while chunk := await upload.read(chunk_size):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            lineno += 1
-            yield lineno, line
-    if pending:
-        yield lineno + 1, pending
-
-
 def _parse_line(line: bytes) -> PromptRecord:
     return PromptRecord.model_validate_json(line)
 
@@ -275,7 +262,7 @@ async def create_job_from_upload(
     errors: list[dict[str, Any]] = []
     bad = 0
     checker = RecordChecker(settings, kind)
-    async for lineno, line in iter_lines(upload):
+    async for lineno, line in iter_lines(upload, max_line_bytes=settings.max_upload_line_bytes):
         if not line.strip():
             continue
         try:
@@ -306,14 +293,14 @@ async def create_job_from_upload(
     checker.seen.clear()
     await upload.seek(0)
     job = await repository.insert_job(session, _new_job(project_id, teacher, params, info, kind, priority))
-    job.total_items = await _insert_records(session, job, _records_of(upload))
+    job.total_items = await _insert_records(session, job, _records_of(upload, settings.max_upload_line_bytes))
     await session.flush()
     await repository.notify_workers(session, job.teacher)
     return job
 
 
-async def _records_of(upload: AsyncReadable) -> AsyncIterator[PromptRecord]:
-    async for _, line in iter_lines(upload):
+async def _records_of(upload: AsyncReadable, max_line_bytes: int) -> AsyncIterator[PromptRecord]:
+    async for _, line in iter_lines(upload, max_line_bytes=max_line_bytes):
         if line.strip():
             yield _parse_line(line)
 

@@ -20,11 +20,12 @@ async def list_records(
     job_id: uuid.UUID,
     session: SessionDep,
     principal: PrincipalDep,
+    settings: SettingsDep,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many records; fewer if large.")] = 100,
 ) -> RecordPage:
     job = await get_job(session, job_id, principal.project_id)
-    return await service.record_page(session, job, cursor=cursor, limit=limit)
+    return await service.record_page(session, job, cursor=cursor, limit=limit, max_bytes=settings.chunk_bytes)
 
 
 @router.get(
@@ -43,7 +44,9 @@ async def export_job(
     job = await get_job(session, job_id, principal.project_id)
     exporter = service.exporter_for(format, job)
     return StreamingResponse(
-        service.stream_export(database, job.id, exporter, settings.export_chunk_rows),
+        service.stream_export(
+            database, job.id, exporter, chunk_rows=settings.export_chunk_rows, chunk_bytes=settings.chunk_bytes
+        ),
         media_type=exporter.media_type,
         headers={"content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"'},
     )

@@ -17,6 +17,7 @@ from app.exporters.jsonl import JsonlExporter
 from app.exporters.parquet import ParquetExporter
 from app.exporters.rows import Exporter, ExportRow
 from app.models import Job
+from app.observability.metrics import EXPORT_BYTES, EXPORT_ROWS
 from app.records import repository
 from app.records.schemas import ExportFormat, Record, RecordPage, Usage
 
@@ -77,11 +78,13 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from None
 
 
-async def record_page(session: AsyncSession, job: Job, *, cursor: str | None, limit: int) -> RecordPage:
+async def record_page(session: AsyncSession, job: Job, *, cursor: str | None, limit: int, max_bytes: int) -> RecordPage:
+    """At most `limit` records after the cursor, fewer if they would pass `max_bytes` (but at least one); a
+    next cursor while more follow."""
     after = decode_cursor(cursor) if cursor else None
-    rows = await repository.result_page(session, job.id, after=after, limit=limit)
+    rows, more = await repository.bounded_result_page(session, job.id, after=after, limit=limit, max_bytes=max_bytes)
     records = [to_record(export_row(job.id, r), r.prompt_tokens) for r in rows]
-    next_cursor = encode_cursor(records[-1].item_id, records[-1].sample_index) if len(records) == limit else None
+    next_cursor = encode_cursor(records[-1].item_id, records[-1].sample_index) if more else None
     return RecordPage(records=records, next_cursor=next_cursor)
 
 
@@ -99,23 +102,36 @@ def exporter_for(fmt: ExportFormat, job: Job) -> Exporter:
     return JsonlExporter(k=job.top_logprobs, teacher=job.teacher, lineage=lineage, fingerprint=fingerprint)
 
 
-async def stream_export(
-    database: Database, job_id: uuid.UUID, exporter: Exporter, chunk_rows: int
-) -> AsyncIterator[bytes]:
-    """Read the job's results in keyset chunks, each in its own short transaction, and encode as they come."""
+async def result_chunks(
+    database: Database, job_id: uuid.UUID, *, chunk_rows: int, chunk_bytes: int
+) -> AsyncIterator[list[Row[Any]]]:
+    """The job's results in keyset chunks of at most `chunk_rows` rows and `chunk_bytes` bytes (at least one
+    row), each read in its own short transaction."""
     after: tuple[int, int] | None = None
-    while True:
+    more = True
+    while more:
         async with database.transaction(readonly=True) as session:
-            rows = await repository.result_page(session, job_id, after=after, limit=chunk_rows)
+            rows, more = await repository.bounded_result_page(
+                session, job_id, after=after, limit=chunk_rows, max_bytes=chunk_bytes
+            )
         if not rows:
             break
+        yield rows
+        after = (rows[-1].item_id, rows[-1].sample_index)
+
+
+async def stream_export(
+    database: Database, job_id: uuid.UUID, exporter: Exporter, *, chunk_rows: int, chunk_bytes: int
+) -> AsyncIterator[bytes]:
+    """Read the job's results in bounded chunks and encode them as they come (counted in the metrics)."""
+    sent_bytes, sent_rows = EXPORT_BYTES.labels(exporter.extension), EXPORT_ROWS.labels(exporter.extension)
+    async for rows in result_chunks(database, job_id, chunk_rows=chunk_rows, chunk_bytes=chunk_bytes):
         data = exporter.write([export_row(job_id, r) for r in rows])
+        sent_rows.inc(len(rows))
         if data:
+            sent_bytes.inc(len(data))
             yield data
-        last = rows[-1]
-        after = (last.item_id, last.sample_index)
-        if len(rows) < chunk_rows:
-            break
     tail = exporter.close()
     if tail:
+        sent_bytes.inc(len(tail))
         yield tail

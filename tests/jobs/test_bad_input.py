@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import urlparse
@@ -121,6 +122,22 @@ def test_upload_limits_and_empty_file(api: httpx.Client) -> None:
         files={"file": ("p.jsonl", orjson.dumps(PROMPT))},
     )
     assert no_k.status_code == 422 and no_k.json()["detail"][0]["loc"][-1] == "top_logprobs"
+    assert job_count(api) == before
+
+
+@pytest.mark.parametrize("ending", [b"", b'"}\n' + orjson.dumps(PROMPT)])
+def test_upload_line_longer_than_any_record_is_refused_by_line(api: httpx.Client, ending: bytes) -> None:
+    """A line past Settings.max_upload_line_bytes (about 5 MB by default) is refused as such, whether or
+    not it ends; nothing is stored."""
+    before = job_count(api)
+    long_line = b'{"prompt": "' + b"z" * (6 << 20) + ending
+    lines = orjson.dumps(PROMPT) + b"\n" + orjson.dumps(PROMPT) + b"\n" + long_line
+    started = time.monotonic()
+    response = api.post("/v1/jobs/upload", data={"teacher": "tiny"}, files={"file": ("p.jsonl", lines)})
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "file", "line", 3] and error["msg"].startswith("line 3: longer than")
+    assert time.monotonic() - started < 30
     assert job_count(api) == before
 
 

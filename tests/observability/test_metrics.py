@@ -65,6 +65,7 @@ def test_api_metrics_count_what_the_job_stored(teacher: Teacher, empty_postgres:
         job = wait_done(api, submit(api, PROMPTS, max_tokens=8, top_logprobs=3)["id"])
         assert job["status"] == "completed" and job["tokens_generated"] > 0
         api.get(f"/v1/jobs/{job['id']}")
+        export = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "jsonl"})
         wait_for(lambda: value(scrape(f"{service.url}/metrics"), "distillery_jobs", state="completed") >= 1)
         after = scrape(f"{service.url}/metrics")
 
@@ -75,6 +76,8 @@ def test_api_metrics_count_what_the_job_stored(teacher: Teacher, empty_postgres:
     done = value(after, "distillery_items_finished_total", result="done")
     assert done - value(before, "distillery_items_finished_total", result="done") == len(PROMPTS)
     assert value(after, "distillery_stored_bytes_total", teacher="tiny") > 0
+    assert value(after, "distillery_export_rows_total", format="jsonl") == len(PROMPTS)
+    assert value(after, "distillery_export_bytes_total", format="jsonl") == len(export.content)
     replica = teacher.base_url.rstrip("/")
     assert value(after, "distillery_teacher_requests_total", teacher="tiny", replica=replica, outcome="2xx") >= 1
     assert value(after, "distillery_teacher_request_seconds_count", teacher="tiny") >= 1
