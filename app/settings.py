@@ -106,9 +106,20 @@ class Settings(BaseSettings):
     max_messages_per_prompt: int = Field(default=256, ge=1)
     max_metadata_bytes: int = Field(default=16_384, ge=2, description="Per prompt, as compact JSON.")
     idempotency_pending_ttl_s: float = Field(default=600.0, gt=0, description="When a crashed request's key frees.")
+    job_load_chunk_rows: int = Field(
+        default=2000, ge=1, description="Items stored per committed transaction while a new job loads."
+    )
+    job_sweep_batch_rows: int = Field(
+        default=5000, ge=1, description="Rows per transaction when a cancel, retry or delete sweeps a job's items."
+    )
+    job_sweep_interval_s: float = Field(
+        default=1.0, gt=0, description="How often workers look for sweeps due (they are also woken at once)."
+    )
 
     export_chunk_rows: int = Field(default=512, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
+    # Finished jobs are purged this many days after they finished (None: kept forever).
+    retention_days: int | None = None
 
     @property
     def resolved_database_url(self) -> str:
