@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, tuple_, update
+from sqlalchemy import Delete, case, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import dialect_insert
@@ -166,23 +166,18 @@ async def start_cancel(session: AsyncSession, job_id: uuid.UUID) -> bool:
 
 async def cancel_queued_batch(session: AsyncSession, job_id: uuid.UUID, limit: int, *, skip_locked: bool) -> int:
     """Up to `limit` of the job's queued items become cancelled, and the job counts them. `skip_locked`
-    (Postgres) passes over items another transaction holds, for callers that already hold the job's row."""
-    ids = list(
-        (
-            await session.execute(
-                select(Item.id)
-                .where(Item.job_id == job_id, Item.status == "queued")
-                .order_by(Item.id)
-                .limit(limit)
-                .with_for_update(skip_locked=skip_locked)
-            )
-        ).scalars()
+    (Postgres) passes over items another transaction holds, for callers that already hold the job's row.
+    One statement: the ids never travel to the service and back."""
+    batch = (
+        select(Item.id)
+        .where(Item.job_id == job_id, Item.status == "queued")
+        .order_by(Item.id)
+        .limit(limit)
+        .with_for_update(skip_locked=skip_locked)
     )
-    if not ids:
-        return 0
     result = await session.execute(
         update(Item)
-        .where(Item.id.in_(ids), Item.status == "queued")
+        .where(Item.id.in_(batch), Item.status == "queued")
         .values(status="cancelled", lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -209,30 +204,28 @@ async def requeue_failed_batch(session: AsyncSession, job_id: uuid.UUID, limit: 
     """Up to `limit` failed items past the job's sweep cursor go back to the queue with fresh attempts, in id
     order; the cursor moves past them, so an item that fails again is not re-queued by the same retry."""
     cursor = (await session.execute(select(Job.sweep_cursor).where(Job.id == job_id))).scalar_one_or_none() or 0
-    ids = list(
-        (
-            await session.execute(
-                select(Item.id)
-                .where(Item.job_id == job_id, Item.status == "failed", Item.id > cursor)
-                .order_by(Item.id)
-                .limit(limit)
-                .with_for_update(skip_locked=skip_locked)
-            )
-        ).scalars()
+    batch = (
+        select(Item.id)
+        .where(Item.job_id == job_id, Item.status == "failed", Item.id > cursor)
+        .order_by(Item.id)
+        .limit(limit)
+        .with_for_update(skip_locked=skip_locked)
     )
-    if not ids:
-        return 0
-    result = await session.execute(
+    rows = await session.execute(
         update(Item)
-        .where(Item.id.in_(ids), Item.status == "failed")
+        .where(Item.id.in_(batch), Item.status == "failed")
         .values(status="queued", attempts=0, error=None, lease_owner=None, lease_expires_at=None)
+        .returning(Item.id)
         .execution_options(synchronize_session=False)
     )
-    requeued = int(result.rowcount)  # type: ignore[attr-defined]
-    await session.execute(
-        update(Job).where(Job.id == job_id).values(failed_items=Job.failed_items - requeued, sweep_cursor=max(ids))
-    )
-    return requeued
+    requeued = list(rows.scalars())
+    if requeued:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(failed_items=Job.failed_items - len(requeued), sweep_cursor=max(requeued))
+        )
+    return len(requeued)
 
 
 async def end_sweep(session: AsyncSession, job_id: uuid.UUID, sweep: str) -> None:
@@ -294,22 +287,23 @@ async def sweep_of(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fal
 async def purge_batch(session: AsyncSession, job_id: uuid.UUID, limit: int) -> bool:
     """Delete up to `limit` rows of a deleted job: its results first, then its items, then its progress
     buckets, and at last the job row itself (its idempotency key goes with it). False once nothing is left."""
-    results = list((await session.execute(select(Result.id).where(Result.job_id == job_id).limit(limit))).scalars())
-    if results:
-        await session.execute(delete(Result).where(Result.id.in_(results)).execution_options(synchronize_session=False))
+    results = select(Result.id).where(Result.job_id == job_id).limit(limit)
+    if await _deleted_any(session, delete(Result).where(Result.id.in_(results))):
         return True
-    items = list((await session.execute(select(Item.id).where(Item.job_id == job_id).limit(limit))).scalars())
-    if items:
-        # deleting an item takes along any result a worker stored for it after the results went
-        await session.execute(delete(Item).where(Item.id.in_(items)).execution_options(synchronize_session=False))
+    # deleting an item takes along any result a worker stored for it after the results went
+    items = select(Item.id).where(Item.job_id == job_id).limit(limit)
+    if await _deleted_any(session, delete(Item).where(Item.id.in_(items))):
         return True
-    buckets = list(
-        (await session.execute(select(JobProgress.bucket).where(JobProgress.job_id == job_id).limit(limit))).scalars()
-    )
-    if buckets:
-        await session.execute(delete(JobProgress).where(JobProgress.job_id == job_id, JobProgress.bucket.in_(buckets)))
+    buckets = select(JobProgress.bucket).where(JobProgress.job_id == job_id).limit(limit)
+    if await _deleted_any(
+        session, delete(JobProgress).where(JobProgress.job_id == job_id, JobProgress.bucket.in_(buckets))
+    ):
         return True
-    result = await session.execute(delete(Job).where(Job.id == job_id, Job.status == DELETED))
+    return await _deleted_any(session, delete(Job).where(Job.id == job_id, Job.status == DELETED))
+
+
+async def _deleted_any(session: AsyncSession, statement: Delete) -> bool:
+    result = await session.execute(statement.execution_options(synchronize_session=False))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
