@@ -17,6 +17,7 @@ PROGRESS_BUCKET_S = 10
 JOBS_CHANNEL = "distillery_jobs"
 DELETED = "deleted"  # hidden from the API; the sweeper purges its rows
 FINISHED = ("completed", "failed", "cancelled")
+INSERT_STATEMENT_ROWS = 250
 
 
 async def insert_job(session: AsyncSession, job: Job) -> Job:
@@ -32,9 +33,10 @@ async def notify_workers(session: AsyncSession, teacher: str) -> None:
 
 
 async def insert_items(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Bulk-insert item rows (executemany): one statement per chunk, not one per item."""
-    if rows:
-        await session.execute(insert(Item), list(rows))
+    """Bulk-insert item rows (executemany), a statement per INSERT_STATEMENT_ROWS: preparing a statement's
+    parameters holds the event loop, so a big chunk goes in several short holds, not one long one."""
+    for start in range(0, len(rows), INSERT_STATEMENT_ROWS):
+        await session.execute(insert(Item), list(rows[start : start + INSERT_STATEMENT_ROWS]))
 
 
 async def get_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job | None:
