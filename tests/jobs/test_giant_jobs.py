@@ -171,32 +171,38 @@ def test_a_bad_line_late_in_a_multi_chunk_upload_leaves_no_job_and_no_items(gian
 
 def test_a_loading_job_is_listed_as_loading_and_never_claimed(giant: Giant, api: httpx.Client) -> None:
     """While an upload loads chunk by chunk, GET /v1/jobs shows it as loading with the items stored so far,
-    and none of them has been claimed; once loaded it is queued with every item and runs."""
+    none of them has been claimed, and its Idempotency-Key answers 409; once loaded it is queued with every
+    item, and the key replays it."""
     count = 4000
     body = jsonl([{"prompt": f"x{i}"} for i in range(count)])
+    key = {"Idempotency-Key": "loading"}
     responses: list[httpx.Response] = []
-    sender = threading.Thread(target=lambda: responses.append(upload(api, body)))
-    seen: list[tuple[dict[str, Any], dict[str, int]]] = []
+    sender = threading.Thread(target=lambda: responses.append(upload(api, body, key)))
+    seen: list[tuple[dict[str, Any], dict[str, int], int]] = []
     with giant.client() as poller:
         sender.start()
         while sender.is_alive():
             jobs = poller.get("/v1/jobs", params={"limit": 5}).json()["jobs"]
             loading = [j for j in jobs if j["status"] == "loading"]
             if loading:
-                seen.append((loading[0], item_statuses(giant.database_url, loading[0]["id"])))
-                still = poller.get(f"/v1/jobs/{loading[0]['id']}").json()
-                if still["status"] == "loading":
+                statuses = item_statuses(giant.database_url, loading[0]["id"])
+                racing = upload(poller, body, key).status_code
+                if poller.get(f"/v1/jobs/{loading[0]['id']}").json()["status"] == "loading":
+                    seen.append((loading[0], statuses, racing))  # all three happened while it loaded
                     break
             time.sleep(0.02)
         sender.join()
     assert responses[0].status_code == 201, responses[0].text
     created = responses[0].json()
     assert seen, "the job was never seen loading"
-    job, statuses = seen[-1]
+    job, statuses, racing = seen[-1]
     assert job["id"] == created["id"] and 0 < job["counts"]["total"] < count
     assert set(statuses) == {"queued"}, f"items of a loading job were claimed: {statuses}"
+    assert racing == 409, "a second request with the key of a loading job must wait for it"
     assert created["status"] in ("queued", "running") and created["counts"]["total"] == count
-    api.delete(f"/v1/jobs/{created['id']}")
+    replay = upload(api, body, key)
+    assert replay.status_code == 200 and replay.json()["id"] == created["id"]
+    assert api.delete(f"/v1/jobs/{created['id']}").status_code == 204
 
 
 def test_cancel_of_a_job_larger_than_a_batch_finishes_in_the_background(giant: Giant, api: httpx.Client) -> None:
