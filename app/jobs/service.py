@@ -85,7 +85,6 @@ def _new_job(
     info: dict[str, Any],
     kind: str = "generate",
     priority: int = 0,
-    status: str = "queued",
 ) -> Job:
     return Job(
         priority=priority,
@@ -93,7 +92,7 @@ def _new_job(
         project_id=project_id,
         teacher=teacher,
         kind=kind,
-        status=status,
+        status="queued",
         params=params.model_dump(mode="json"),
         top_logprobs=params.top_logprobs,
         num_samples=params.n,
