@@ -116,7 +116,13 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+SWEEP_DUE = text("sweep IS NOT NULL")
+
+
 class Job(Base):
+    """A prompt set sent to one teacher. Status: loading (items still being stored, never claimed), queued,
+    running, completed, failed, cancelled; "deleted" jobs are hidden from the API while the sweeper purges them."""
+
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -138,10 +144,18 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     last_claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # While loading: when its latest chunk of items was stored (a load silent for long died with its request).
+    loaded_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the background sweeper still has to do to the job's rows, in bounded batches: "cancel" (queued
+    # items to cancelled), "retry" (failed items to queued, in id order past sweep_cursor), "purge" (delete).
+    sweep: Mapped[str | None] = mapped_column(String(16), default=None)
+    sweep_cursor: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
     __table_args__ = (
         Index("ix_jobs_project_created", "project_id", "created_at"),
         Index("ix_jobs_teacher_status", "teacher", "status"),
+        Index("ix_jobs_sweep", "sweep", postgresql_where=SWEEP_DUE, sqlite_where=SWEEP_DUE),
+        Index("ix_jobs_finished", "finished_at"),
     )
 
 

@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(
         default=24.0, gt=0, description="Idempotency keys are forgotten this long after first use."
     )
+    job_load_chunk_rows: int = Field(
+        default=2000, ge=1, description="Items stored per committed transaction while a new job loads."
+    )
+    job_sweep_batch_rows: int = Field(
+        default=5000, ge=1, description="Rows per transaction when a cancel, retry or delete sweeps a job's items."
+    )
+    job_sweep_interval_s: float = Field(
+        default=1.0, gt=0, description="How often workers look for sweeps due (they are also woken at once)."
+    )
 
     export_chunk_rows: int = Field(default=512, ge=1, description="At most this many rows per export chunk.")
     max_page_size: int = Field(default=1000, ge=1)
@@ -175,7 +184,8 @@ class Settings(BaseSettings):
         return self.datasets_dir if self.datasets_dir is not None else self.data_dir / "datasets"
 
     # --- upkeep ---
-    # Finished datasets (ready or failed) older than this many days are purged; None keeps them forever.
+    # Finished jobs (completed, failed, cancelled) and datasets (ready or failed) older than this many days
+    # are purged; None keeps them forever.
     retention_days: int | None = None
     maintenance_interval_s: float = Field(
         default=300.0, gt=0, description="How often expired data is purged and interrupted builds are failed."

@@ -1,4 +1,4 @@
-"""Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel, retry."""
+"""Routes of the jobs API: create (JSON or JSONL upload), list, read, cancel, retry, delete."""
 
 import uuid
 from typing import Annotated, Any
@@ -8,7 +8,7 @@ from pydantic import Field
 
 from app.dependencies import DatabaseDep, PrincipalDep, RegistryDep, SessionDep, SettingsDep, WakeWorkersDep
 from app.errors import error_responses
-from app.jobs import service
+from app.jobs import loading, service
 from app.jobs.schemas import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -67,13 +67,13 @@ async def create_job(
     wake_workers: WakeWorkersDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobRead:
-    job, replayed = await service.create_idempotently(
+    job, replayed = await loading.create_idempotently(
         database,
         settings,
         principal.project_id,
         idempotency_key,
         service.request_digest(body.model_dump_json().encode()),
-        lambda session: service.create_job(session, registry, settings, body, principal.project_id),
+        lambda key: loading.create_job(database, registry, settings, body, principal.project_id, key),
     )
     _replayed(response, replayed)
     wake_workers()
@@ -98,14 +98,23 @@ async def upload_job(
     if idempotency_key is not None:
         fields = f"{form.teacher}\n{form.kind}\n{form.priority}\n{params.model_dump_json()}".encode()
         digest = await service.upload_digest(form.file, fields)
-    job, replayed = await service.create_idempotently(
+    job, replayed = await loading.create_idempotently(
         database,
         settings,
         principal.project_id,
         idempotency_key,
         digest,
-        lambda session: service.create_job_from_upload(
-            session, registry, settings, form.teacher, params, form.file, principal.project_id, form.kind, form.priority
+        lambda key: loading.create_job_from_upload(
+            database,
+            registry,
+            settings,
+            form.teacher,
+            params,
+            form.file,
+            principal.project_id,
+            form.kind,
+            form.priority,
+            key,
         ),
     )
     _replayed(response, replayed)
@@ -132,17 +141,38 @@ async def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDe
     return (await service.to_reads(session, [job]))[0]
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
-async def cancel_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobRead:
-    job = await service.cancel_job(session, job_id, principal.project_id)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(409))
+async def cancel_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, wake_workers: WakeWorkersDep
+) -> JobRead:
+    """Stop the job: nothing more of it is sent to the teacher once this returns. Its queued items are counted
+    as cancelled in the background (pending falls to 0 when through). 409 while it is still loading."""
+    job = await service.cancel_job(session, job_id, principal.project_id, batch_rows=settings.job_sweep_batch_rows)
+    wake_workers()
     return (await service.to_reads(session, [job]))[0]
 
 
 @router.post("/{job_id}/retry", response_model=JobRead, responses=error_responses(409))
-async def retry_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobRead:
-    """Re-queue the job's failed items with fresh attempts."""
-    job = await service.retry_failed(session, job_id, principal.project_id)
+async def retry_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, wake_workers: WakeWorkersDep
+) -> JobRead:
+    """Re-queue the job's failed items with fresh attempts (the first batch at once, the rest in the
+    background)."""
+    job = await service.retry_failed(session, job_id, principal.project_id, batch_rows=settings.job_sweep_batch_rows)
+    wake_workers()
     return (await service.to_reads(session, [job]))[0]
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(409))
+async def delete_job(
+    job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep, wake_workers: WakeWorkersDep
+) -> Response:
+    """Delete the job, whatever its state: it is gone from the API at once and nothing more of it is sent;
+    its items, results and progress are purged in the background. Datasets built from it keep their files;
+    409 while a dataset is being built from it."""
+    await service.delete_job(session, job_id, principal.project_id)
+    wake_workers()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{job_id}/failures", response_model=FailurePage)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobStatus = Literal["loading", "queued", "running", "completed", "failed", "cancelled"]
 JobKind = Literal["generate", "score"]
 ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
 

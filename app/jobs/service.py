@@ -1,4 +1,4 @@
-"""Jobs logic: validate and create prompt sets (JSON or streamed JSONL), read progress, cancel."""
+"""Jobs logic: validate prompt records, read jobs and progress, cancel, retry, delete (creation: loading.py)."""
 
 from __future__ import annotations
 
@@ -6,34 +6,32 @@ import base64
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import Database
 from app.errors import ApiError, not_found
 from app.jobs import repository
-from app.jobs.lines import iter_lines
 from app.jobs.schemas import (
     CoreParams,
     FailurePage,
     GenerationParams,
     ItemFailure,
     JobCounts,
-    JobCreate,
     JobPage,
     JobRead,
     PromptRecord,
 )
-from app.models import Job, utcnow
+from app.models import Job
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 
 INSERT_CHUNK = 1000
+DEFAULT_BATCH_ROWS = Settings.model_fields["job_sweep_batch_rows"].default
 MAX_REPORTED_LINE_ERRORS = 100
 RATE_WINDOW_BUCKETS = 3
 PROGRESS_SPARE_BUCKETS = 6
@@ -82,7 +80,7 @@ async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: Gene
     return info
 
 
-def _new_job(
+def new_job(
     project_id: uuid.UUID,
     teacher: str,
     params: GenerationParams,
@@ -109,7 +107,7 @@ def _new_job(
     )
 
 
-def _item_row(job: Job, seq: int, record: PromptRecord) -> dict[str, Any]:
+def item_row(job: Job, seq: int, record: PromptRecord) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "seq": seq,
@@ -129,7 +127,7 @@ async def _insert_records(session: AsyncSession, job: Job, records: AsyncIterabl
     rows: list[dict[str, Any]] = []
     count = 0
     async for record in records:
-        rows.append(_item_row(job, count, record))
+        rows.append(item_row(job, count, record))
         count += 1
         if len(rows) >= INSERT_CHUNK:
             await repository.insert_items(session, rows)
@@ -214,95 +212,15 @@ class RecordChecker:
         return None
 
 
-async def create_job(
-    session: AsyncSession, registry: TeacherRegistry, settings: Settings, body: JobCreate, project_id: uuid.UUID
-) -> Job:
-    if len(body.prompts) > settings.max_prompts_per_job:
-        raise ApiError(422, f"more than {settings.max_prompts_per_job} prompts in one job", loc=["body", "prompts"])
-    check_kind_params(body.kind, body.params, ["body", "params"])
-    checker = RecordChecker(settings, body.kind)
-    for index, record in enumerate(body.prompts):
-        problem = checker.check(record, f"prompts[{index}]")
-        if problem is not None:
-            raise ApiError(422, problem[1], loc=["body", "prompts", index, *problem[0]])
-    info = await teacher_info_for(registry, body.teacher, body.params)
-    job = _new_job(project_id, body.teacher, body.params, info, body.kind, body.priority)
-    job = await repository.insert_job(session, job)
-    job.total_items = await _insert_records(session, job, aiter_records(body.prompts))
-    await session.flush()
-    await repository.notify_workers(session, job.teacher)
-    return job
-
-
-def _parse_line(line: bytes) -> PromptRecord:
+def parse_line(line: bytes) -> PromptRecord:
     return PromptRecord.model_validate_json(line)
 
 
-def _line_error(lineno: int, exc: ValidationError) -> dict[str, Any]:
+def line_error(lineno: int, exc: ValidationError) -> dict[str, Any]:
     first = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in first["loc"])
     msg = f"line {lineno}: {field + ': ' if field else ''}{first['msg']}"
     return {"loc": ["body", "file", "line", lineno, *first["loc"]], "msg": msg, "type": first["type"]}
-
-
-async def create_job_from_upload(
-    session: AsyncSession,
-    registry: TeacherRegistry,
-    settings: Settings,
-    teacher: str,
-    params: GenerationParams,
-    upload: AsyncReadable,
-    project_id: uuid.UUID,
-    kind: str = "generate",
-    priority: int = 0,
-) -> Job:
-    """Validate every line first (nothing written), then insert in chunks on a second read."""
-    check_kind_params(kind, params, ["body"])
-    info = await teacher_info_for(registry, teacher, params)
-    errors: list[dict[str, Any]] = []
-    bad = 0
-    checker = RecordChecker(settings, kind)
-    async for lineno, line in iter_lines(upload, max_line_bytes=settings.max_upload_line_bytes):
-        if not line.strip():
-            continue
-        try:
-            record = _parse_line(line)
-        except ValidationError as exc:
-            problem: dict[str, Any] | None = _line_error(lineno, exc)
-        else:
-            found = checker.check(record, f"line {lineno}")
-            problem = (
-                None
-                if found is None
-                else {
-                    "loc": ["body", "file", "line", lineno, *found[0]],
-                    "msg": f"line {lineno}: {found[1]}",
-                    "type": "invalid",
-                }
-            )
-        if problem is not None:
-            bad += 1
-            if len(errors) < MAX_REPORTED_LINE_ERRORS:
-                errors.append(problem)
-    if bad:
-        if bad > len(errors):
-            errors.append({"loc": ["body", "file"], "msg": f"{bad} bad lines in all", "type": "invalid"})
-        raise ApiError(422, "invalid lines", details=errors)
-    if checker.count == 0:
-        raise ApiError(422, "the file holds no prompt records", loc=["body", "file"], type="empty")
-    checker.seen.clear()
-    await upload.seek(0)
-    job = await repository.insert_job(session, _new_job(project_id, teacher, params, info, kind, priority))
-    job.total_items = await _insert_records(session, job, _records_of(upload, settings.max_upload_line_bytes))
-    await session.flush()
-    await repository.notify_workers(session, job.teacher)
-    return job
-
-
-async def _records_of(upload: AsyncReadable, max_line_bytes: int) -> AsyncIterator[PromptRecord]:
-    async for _, line in iter_lines(upload, max_line_bytes=max_line_bytes):
-        if line.strip():
-            yield _parse_line(line)
 
 
 async def aiter_records(records: Iterable[PromptRecord]) -> AsyncIterator[PromptRecord]:
@@ -317,27 +235,62 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUI
     return job
 
 
-async def cancel_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
-    """Items first, then the job row: the order workers lock them in, so the two never deadlock."""
+async def cancel_job(
+    session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID, *, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Job:
+    """Cancel at once: the job's row first (from then on no claim takes its items, see claim_job_items),
+    then one bounded batch of its queued items, skipping any another transaction holds; the sweep does the
+    rest. Items in flight finish as they are; one that comes back to the queue is cancelled there."""
     job = await get_job(session, job_id, project_id)
-    if job.status in ("queued", "running"):
-        cancelled = await repository.cancel_queued_items(session, job_id)
-        await repository.mark_job_cancelled(session, job_id, cancelled)
+    _refuse_loading(job)
+    if await repository.start_cancel(session, job_id):
+        await repository.cancel_queued_batch(session, job_id, batch_rows, skip_locked=True)
         await session.refresh(job)
     return job
 
 
-async def retry_failed(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> Job:
-    """Re-queue a job's failed items. A cancelled job stays cancelled: 409."""
+async def retry_failed(
+    session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID, *, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> Job:
+    """Re-queue a job's failed items: the job runs again at once with the first batch re-queued, the sweep
+    re-queues the rest. A cancelled job stays cancelled: 409."""
     job = await get_job(session, job_id, project_id)
+    _refuse_loading(job)
     if job.status == "cancelled":
         raise ApiError(
             409, "the job is cancelled; its items are not dispatched again", loc=["path", "job_id"], type="conflict"
         )
-    if await repository.requeue_failed_items(session, job_id):
-        await repository.notify_workers(session, job.teacher)
+    if await repository.start_retry(session, job_id):
+        if await repository.requeue_failed_batch(session, job_id, batch_rows, skip_locked=True):
+            await repository.notify_workers(session, job.teacher)
         await session.refresh(job)
     return job
+
+
+async def delete_job(session: AsyncSession, job_id: uuid.UUID, project_id: uuid.UUID) -> None:
+    """Delete a job of any state: it leaves the API and dispatch at once (a running job is in effect
+    cancelled: what is in flight finishes and is dropped), the sweep purges its items, results and progress
+    rows. Datasets already built from it keep their files; while one is being built from it: 409."""
+    job = await get_job(session, job_id, project_id)
+    building = await repository.building_datasets_of(session, project_id, job.id)
+    if building:
+        raise ApiError(
+            409,
+            f"dataset {building[0]} is being built from this job; delete the job once the build has ended",
+            loc=["path", "job_id"],
+            type="conflict",
+        )
+    await repository.mark_deleted(session, [job.id])
+
+
+def _refuse_loading(job: Job) -> None:
+    if job.status == "loading":
+        raise ApiError(
+            409,
+            "the job is still loading its prompts; cancel or retry it once it is queued (or delete it)",
+            loc=["path", "job_id"],
+            type="conflict",
+        )
 
 
 async def list_failures(
@@ -369,7 +322,7 @@ async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
     """JobRead for each job, with tokens/s over the last RATE_WINDOW_BUCKETS full buckets."""
     now_bucket = _bucket_now()
     since = now_bucket - RATE_WINDOW_BUCKETS
-    live = [j.id for j in jobs if j.status != "queued"]
+    live = [j.id for j in jobs if j.status not in ("loading", "queued")]
     recent = await repository.recent_tokens(session, live, since_bucket=since)
     window_s = RATE_WINDOW_BUCKETS * repository.PROGRESS_BUCKET_S + time.time() % repository.PROGRESS_BUCKET_S
     return [
@@ -416,65 +369,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(job_id)
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "malformed cursor", loc=["query", "cursor"]) from exc
-
-
-IDEMPOTENCY_LOC: list[str | int] = ["header", "idempotency-key"]
-
-
-async def claim_idempotency_key(
-    database: Database, settings: Settings, project_id: uuid.UUID, key: str, request_hash: str
-) -> uuid.UUID | None:
-    """Take the key for this request (committed at once, so a racing request sees it). Returns the job
-    an earlier identical request created, or None when this request is to create it. 422 when the key
-    was used with a different request; 409 while another request with it is still running."""
-
-    async def work(session: AsyncSession) -> uuid.UUID | None:
-        now = utcnow()
-        if await repository.insert_idempotency_key(session, project_id, key, request_hash, now):
-            return None
-        row = await repository.get_idempotency_key(session, project_id, key)
-        if row is not None and row.request_hash != request_hash:
-            raise ApiError(422, "this Idempotency-Key was used with a different request", loc=IDEMPOTENCY_LOC)
-        if row is not None and row.job_id is not None:
-            return row.job_id
-        stale_before = now - timedelta(seconds=settings.idempotency_pending_ttl_s)
-        if row is not None and await repository.take_over_idempotency_key(session, project_id, key, now, stale_before):
-            return None
-        raise ApiError(409, "a request with this Idempotency-Key is in progress", loc=IDEMPOTENCY_LOC, type="conflict")
-
-    return await database.run(work)
-
-
-async def create_idempotently(
-    database: Database,
-    settings: Settings,
-    project_id: uuid.UUID,
-    idempotency_key: str | None,
-    request_hash: str,
-    create: Callable[[AsyncSession], Awaitable[Job]],
-) -> tuple[JobRead, bool]:
-    """Run `create` in its own transaction, at most once per Idempotency-Key. Returns (job, replayed)."""
-    if idempotency_key is not None:
-        original = await claim_idempotency_key(database, settings, project_id, idempotency_key, request_hash)
-        if original is not None:
-
-            async def replay(session: AsyncSession) -> JobRead:
-                return (await to_reads(session, [await get_job(session, original, project_id)]))[0]
-
-            return await database.run(replay, readonly=True), True
-
-    async def work(session: AsyncSession) -> JobRead:
-        job = await create(session)
-        if idempotency_key is not None:
-            await repository.complete_idempotency_key(session, project_id, idempotency_key, job.id)
-        return (await to_reads(session, [job]))[0]
-
-    try:
-        return await database.run(work), False
-    except BaseException:
-        if idempotency_key is not None:
-            await database.run(lambda s: repository.delete_pending_idempotency_key(s, project_id, idempotency_key))
-        raise
 
 
 def request_digest(*parts: bytes) -> str:

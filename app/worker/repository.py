@@ -121,7 +121,14 @@ async def claim_job_items(
     session: AsyncSession, *, job_id: uuid.UUID, owner: str, limit: int, lease_until: datetime, now: datetime
 ) -> list[ClaimedItem]:
     """Lease up to `limit` queued items of one job in submission order (FOR UPDATE SKIP LOCKED on
-    Postgres), and mark the job running and just served."""
+    Postgres), and mark the job running and just served. The job's row is locked first and must still be
+    queued or running: a cancel or delete that committed before takes nothing from here on, and one that
+    comes after waits for this claim (whose items are then in flight at the cancel)."""
+    claimable = await session.execute(
+        select(Job.id).where(Job.id == job_id, Job.status.in_(("queued", "running"))).with_for_update(key_share=True)
+    )
+    if claimable.scalar_one_or_none() is None:
+        return []
     ids = list(
         (
             await session.execute(
@@ -258,6 +265,7 @@ async def add_job_progress(
             .where(
                 Job.id.in_(job_ids),
                 Job.status == "running",
+                Job.sweep.is_(None),  # a retry still re-queueing: its sweep completes the job when through
                 Job.done_items + Job.failed_items + Job.cancelled_items >= Job.total_items,
             )
             .values(

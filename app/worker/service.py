@@ -1,4 +1,5 @@
-"""The worker: a dispatcher per teacher, a lease renewer, a reaper of expired leases, and the wake-up.
+"""The worker: a dispatcher per teacher, a lease renewer, a reaper of expired leases, the jobs' sweep (bulk
+cancel, retry, purge and retention, app/jobs/sweeping.py), and the wake-up.
 
 Each claimed batch is one unit of work: claim (one transaction, from the job the scheduler picks), teacher
 requests, then one transaction that stores the results and marks the items done, guarded by the lease so
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import Database
 from app.jobs.repository import JOBS_CHANNEL
+from app.jobs.sweeping import Sweeper
 from app.models import utcnow
 from app.observability import metrics
 from app.observability.metrics import CLAIM_SECONDS, ITEMS_FINISHED, LEASES_REAPED, STALE_WRITES, STORE_SECONDS
@@ -69,6 +71,7 @@ class Worker:
         background = [
             asyncio.create_task(self._every(stop, self.settings.worker_lease_s / 3, self.renew_leases)),
             asyncio.create_task(self._every(stop, min(self.settings.worker_lease_s / 2, 30.0), self.reap)),
+            asyncio.create_task(self._sweep(stop), name="sweep"),
         ]
         if own_registry:
             background.append(asyncio.create_task(registry.run(stop), name="teacher-probe"))
@@ -118,6 +121,19 @@ class Worker:
             except Exception:
                 log.exception("%s failed", getattr(action, "__name__", action))
             await wait_first(stop, timeout=interval)
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        """Run the jobs' sweeps (cancel, retry, purge, retention) now and then, and at once when woken."""
+        sweeper = Sweeper(self.database, self.settings)
+        woken = asyncio.Event()
+        self.subscribe(woken)
+        while not stop.is_set():
+            woken.clear()
+            try:
+                await sweeper.run_once(stop)
+            except Exception:
+                log.exception("sweep failed")
+            await wait_first(woken, stop, timeout=self.settings.job_sweep_interval_s)
 
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.worker_lease_s)

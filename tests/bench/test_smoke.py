@@ -81,6 +81,15 @@ def test_submission(tmp_path: Path, postgres: None) -> None:
 
 
 @pytest.mark.vllm
+def test_giant(tmp_path: Path, postgres: None) -> None:
+    data = run_bench("giant", tmp_path / "g.json", "--prompts", "3000", "--idle-s", "0.3")
+    for phase in ("load", "cancel", "delete"):
+        figures = data["phases"][phase]
+        assert figures["seconds"] > 0 and figures["errors"] == 0
+        if figures["polls"]:
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+
+
 def test_record_then_replay(tmp_path: Path, teacher: Teacher, postgres: None) -> None:
     recording = tmp_path / "rec.json.gz"
     done = subprocess.run(
