@@ -13,7 +13,7 @@ from app.auth.repository import insert_project
 from app.codecs.topk import TopKArrays
 from app.database import Database
 from app.jobs.schemas import GenerationParams, PromptRecord
-from app.jobs.service import _insert_records, _new_job, aiter_records
+from app.jobs.service import _insert_records, aiter_records, new_job
 from app.models import Item, Job, Result, utcnow
 from app.settings import Settings, TeacherConfig
 from app.teachers.parsing import ParsedCompletion
@@ -34,7 +34,7 @@ async def make_job(db: Database, count: int, teacher: str = TEACHER) -> uuid.UUI
     params = GenerationParams(top_logprobs=2)
     async with db.transaction() as session:
         project = await insert_project(session, f"lease-{uuid.uuid4().hex[:8]}")
-        job = _new_job(project.id, teacher, params, {"max_logprobs": 20})
+        job = new_job(project.id, teacher, params, {"max_logprobs": 20})
         session.add(job)
         await session.flush()
         job.total_items = await _insert_records(

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app.auth.repository import insert_project
 from app.database import Database
 from app.jobs.schemas import GenerationParams, PromptRecord
-from app.jobs.service import _insert_records, _new_job, aiter_records, teacher_info_for
+from app.jobs.service import _insert_records, aiter_records, new_job, teacher_info_for
 from app.models import Job
 from app.settings import Settings, TeacherConfig
 from app.teachers.service import TeacherRegistry
@@ -32,7 +32,7 @@ async def make_job(db: Database, registry: TeacherRegistry, teacher: str, params
     info = await teacher_info_for(registry, teacher, params)
     async with db.transaction() as session:
         project = await insert_project(session, f"pipeline-{uuid.uuid4().hex[:8]}")
-        job = _new_job(project.id, teacher, params, info)
+        job = new_job(project.id, teacher, params, info)
         session.add(job)
         await session.flush()
         records = aiter_records([PromptRecord(prompt=f"def f{i}():") for i in range(PROMPTS)])

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.auth.repository import insert_project
 from app.database import Database
 from app.jobs.schemas import GenerationParams, PromptRecord
-from app.jobs.service import _insert_records, _new_job, aiter_records, cancel_job
+from app.jobs.service import _insert_records, aiter_records, cancel_job, new_job
 from app.models import Item, Job, Project
 from app.settings import Settings, TeacherConfig
 from app.worker.schemas import Claim
@@ -43,7 +43,7 @@ async def make_job(
         found = (await session.execute(select(Project).where(Project.name == project))).scalar_one_or_none()
         project_row = found or await insert_project(session, project)
         params = GenerationParams(top_logprobs=2)
-        job = _new_job(project_row.id, TEACHER.get(), params, info or {"max_logprobs": 20}, priority=priority)
+        job = new_job(project_row.id, TEACHER.get(), params, info or {"max_logprobs": 20}, priority=priority)
         session.add(job)
         await session.flush()
         records = aiter_records([PromptRecord(prompt=f"{project}-{i}") for i in range(count)])
