@@ -20,12 +20,12 @@ from app.jobs.service import _insert_records, aiter_records, new_job, teacher_in
 from app.models import Job
 from app.settings import Settings, TeacherConfig
 from app.teachers.service import TeacherRegistry
-from app.worker import calls, dispatcher
+from app.worker import calls, controller, dispatcher
 from app.worker.service import Worker
 from tests.conftest import Teacher
 
 PROMPTS = 12
-TARGET = 2  # a fresh controller's target: two batches of one prompt
+TARGET = 2  # the controller's start, pinned below: two batches of one prompt (under the digest backlog)
 
 
 async def make_job(db: Database, registry: TeacherRegistry, teacher: str, params: GenerationParams) -> uuid.UUID:
@@ -62,6 +62,7 @@ async def test_replica_is_refilled_while_answers_wait_to_be_decoded(
         return parse(raw, **kwargs)
 
     monkeypatch.setattr(calls, "parse_completions", held_parse)
+    monkeypatch.setattr(controller, "START_BATCHES", TARGET)
     replica = registry.replicas[name][0]
     completions = replica.client.completions
 
