@@ -23,7 +23,7 @@ from tests.helpers import all_records, result_stats, wait_done
 
 
 def start_service(
-    tmp_path: Path, database_url: str, teacher_url: str, name: str, **env: str
+    tmp_path: Path, database_url: str, teacher_url: str, name: str, request_timeout_s: float = 3, **env: str
 ) -> tuple[ServiceProcess, str]:
     service = ServiceProcess(
         data_dir=tmp_path,
@@ -35,7 +35,7 @@ def start_service(
                 "model": "tiny",
                 "batch_size": 16,
                 "max_inflight": 2,
-                "request_timeout_s": 3,
+                "request_timeout_s": request_timeout_s,
             }
         ],
         extra_env={"DISTILLERY_WORKER_POLL_S": "0.1", "DISTILLERY_TEACHER_PROBE_INTERVAL_S": "1", **env},
