@@ -7,10 +7,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,18 +24,22 @@ T = TypeVar("T")
 UPKEEP_S = 0.3
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def maintained(
-    request: pytest.FixtureRequest, teacher: Teacher, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def service_of_its_own(
+    request: pytest.FixtureRequest,
+    teacher: Teacher,
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    extra_env: dict[str, str],
 ) -> Iterator[Service]:
+    """A service on a fresh database of the backend `request.param` names (dropped afterwards), with keys
+    for projects alpha and beta. Without Postgres it skips, or fails under CI, as `postgres_url` does."""
     backend = request.param
-    data_dir = tmp_path_factory.mktemp(f"maintained-{backend}")
-    pg_name = f"distillery_test_{uuid.uuid4().hex[:12]}"
+    data_dir = tmp_path_factory.mktemp(f"{label}-{backend}")
+    pg_name = f"distillery_{label}_{uuid.uuid4().hex[:10]}"
     if backend == "postgres":
-        try:
-            _admin(f'CREATE DATABASE "{pg_name}"')
-        except (OSError, asyncpg.PostgresError) as exc:
-            pytest.skip(f"Postgres unavailable: {exc}")
+        request.getfixturevalue("postgres_url")
+        _admin(f'CREATE DATABASE "{pg_name}"')
         database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
     else:
         database_url = f"sqlite+aiosqlite:///{data_dir / 'distillery.db'}"
@@ -43,21 +47,25 @@ def maintained(
         data_dir=data_dir,
         teachers=teacher_settings(teacher, batch_size=32, max_inflight=4),
         database_url=database_url,
-        extra_env={
-            "DISTILLERY_WORKER_POLL_S": "0.1",
-            "DISTILLERY_RETENTION_DAYS": "1",
-            "DISTILLERY_MAINTENANCE_INTERVAL_S": str(UPKEEP_S),
-        },
+        extra_env={"DISTILLERY_WORKER_POLL_S": "0.1", **extra_env},
     )
-    api_key = process.create_key("alpha")
-    other_key = process.create_key("beta")
     try:
+        api_key, other_key = process.create_key("alpha"), process.create_key("beta")
         with process:
             process.wait_ready(api_key, timeout=120)
             yield Service(process.url, database_url, backend, process, api_key, other_key)
     finally:
         if backend == "postgres":
             _admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def maintained(
+    request: pytest.FixtureRequest, teacher: Teacher, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    upkeep = {"DISTILLERY_RETENTION_DAYS": "1", "DISTILLERY_MAINTENANCE_INTERVAL_S": str(UPKEEP_S)}
+    with service_of_its_own(request, teacher, tmp_path_factory, "maintained", upkeep) as service:
+        yield service
 
 
 def in_database(database_url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

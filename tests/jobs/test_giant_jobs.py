@@ -19,9 +19,9 @@ from sqlalchemy import func, select, update
 
 from app.database import Database
 from app.models import Item, Job, JobProgress, Result, utcnow
-from distillery_tools.service_process import ServiceProcess
-from tests.conftest import Teacher, _admin, teacher_settings
+from tests.conftest import Teacher
 from tests.helpers import wait_done
+from tests.maintained import service_of_its_own
 
 CHUNK_ROWS = 50
 BATCH_ROWS = 40
@@ -44,34 +44,14 @@ def giant(
 ) -> Iterator[Giant]:
     """The service with chunks of 50 items, sweep batches of 40 rows and a one-day retention, on a database
     of its own."""
-    data_dir = tmp_path_factory.mktemp(f"giant-{request.param}")
-    pg_name = f"distillery_giant_{uuid.uuid4().hex[:10]}"
-    if request.param == "postgres":
-        request.getfixturevalue("postgres_url")  # skips (or fails under CI) without Postgres
-        _admin(f'CREATE DATABASE "{pg_name}"')
-        database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
-    else:
-        database_url = f"sqlite+aiosqlite:///{data_dir / 'distillery.db'}"
-    process = ServiceProcess(
-        data_dir=data_dir,
-        teachers=teacher_settings(teacher, batch_size=32, max_inflight=4),
-        database_url=database_url,
-        extra_env={
-            "DISTILLERY_WORKER_POLL_S": "0.1",
-            "DISTILLERY_JOB_LOAD_CHUNK_ROWS": str(CHUNK_ROWS),
-            "DISTILLERY_JOB_SWEEP_BATCH_ROWS": str(BATCH_ROWS),
-            "DISTILLERY_JOB_SWEEP_INTERVAL_S": "0.2",
-            "DISTILLERY_RETENTION_DAYS": "1",
-        },
-    )
-    try:
-        api_key, other_key = process.create_key("alpha"), process.create_key("beta")
-        with process:
-            process.wait_ready(api_key, timeout=120)
-            yield Giant(process.url, database_url, api_key, other_key)
-    finally:
-        if request.param == "postgres":
-            _admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    env = {
+        "DISTILLERY_JOB_LOAD_CHUNK_ROWS": str(CHUNK_ROWS),
+        "DISTILLERY_JOB_SWEEP_BATCH_ROWS": str(BATCH_ROWS),
+        "DISTILLERY_JOB_SWEEP_INTERVAL_S": "0.2",
+        "DISTILLERY_RETENTION_DAYS": "1",
+    }
+    with service_of_its_own(request, teacher, tmp_path_factory, "giant", env) as service:
+        yield Giant(service.url, service.database_url, service.api_key, service.other_key)
 
 
 @pytest.fixture
