@@ -6,6 +6,7 @@ Per core = tokens stored / CPU seconds of the service process between upload and
 
     .venv/bin/python -m bench.ceiling --runs 3
     .venv/bin/python -m bench.ceiling --runs 1 --profile data/ceiling.pyspy.txt   # py-spy on the service
+    .venv/bin/python -m bench.ceiling --runs 3 --chat --prompts 2048 --name ceiling_chat   # chat messages
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 
 from bench.common import (
     cpu_seconds,
     fmt,
     fresh_postgres,
+    prompt_set,
     ready_service,
     relation_sizes,
     service_client,
@@ -69,9 +72,18 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
         spy.wait(timeout=60)
 
 
+def write_chat_prompts(path: Path, count: int) -> Path:
+    """The same prompt set as one-message chats (the service then calls /v1/chat/completions)."""
+    with path.open("wb") as fh:
+        for i, prompt in enumerate(prompt_set(count)):
+            record = {"messages": [{"role": "user", "content": prompt}], "custom_id": f"p{i}"}
+            fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    return path
+
+
 def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]:
     """Start replay + service on a fresh database, push one job through, read CPU and storage."""
-    prompts = write_prompts(workdir / "prompts.jsonl", args.prompts)
+    prompts = (write_chat_prompts if args.chat else write_prompts)(workdir / "prompts.jsonl", args.prompts)
     with (
         fresh_postgres() as db_url,
         ReplayTeacher(args.recording) as replay,
@@ -132,6 +144,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="the teacher's batch_size (prompts per request)")
     parser.add_argument("--inflight", type=int, default=8, help="the teacher's max_inflight")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--chat", action="store_true", help="chat messages (one request per conversation)")
     parser.add_argument("--recording", type=Path, default=DEFAULT_RECORDING)
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the first run's service here")
     parser.add_argument("--name", default="ceiling")

@@ -1,13 +1,15 @@
-/* Reads the top-k lists out of a vLLM /v1/completions body without building Python objects for them.
+/* Reads the top-k lists out of a vLLM response body without building Python objects for them.
  *
- * scan_completions(body, k) finds every `"top_logprobs": [...]` value in the JSON text (string-aware,
- * so text that merely contains those bytes is skipped), reads each position's {"token_id:N": logprob}
- * pairs, ranks them exactly as app.teachers.parsing's reference path does (logprob descending, ties by
- * id ascending, logprobs at or below -9999 taken as -inf) and keeps k per position, padded with id -1 and
- * -inf. It returns (body with each such list replaced by its ordinal, positions per list as int64,
- * ids int32 [P, k], logprobs float32 [P, k]) or None whenever anything is outside that narrow grammar
- * (escapes in keys, non-digit ids, ids outside int32, a repeated id in a position, numbers it cannot read
- * exactly): the caller then parses the whole body the plain way, which also owns every error message.
+ * scan(body, k, chat) finds every `"top_logprobs": [...]` value (completions) or `"content": [...]`
+ * value (chat) in the JSON text, string-aware, so text that merely contains those bytes is skipped. It
+ * reads each position's candidates ({"token_id:N": logprob} pairs, or chat's {"token", "logprob", ...}
+ * objects), ranks them exactly as app/teachers/parsing_reference.py does (logprob descending, ties by id
+ * ascending, logprobs at or below -9999 taken as -inf) and keeps k per position, padded with id -1 and
+ * -inf. It returns (the body with each such list replaced by its ordinal, positions per list as int64,
+ * chat's sampled ids int32 [P] and logprobs float32 [P], top-k ids int32 [P, k], logprobs float32 [P, k])
+ * or None whenever anything is outside that narrow grammar (escapes in keys, non-digit ids, ids outside
+ * int32, a repeated id in a position, numbers it cannot read exactly): the caller then parses the whole
+ * body the plain way, which also owns every error message.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -171,12 +173,12 @@ slow : {
 static const char KEY_PREFIX[] = "\"token_id:";
 #define KEY_PREFIX_LEN 10
 
-/* One `"token_id:N": number` pair. */
-static int read_pair(Cursor *c, Candidate *cand) {
+/* A `"token_id:N"` string (no escapes, N an int32 in plain digits) into *id. */
+static int read_token_key(Cursor *c, int64_t *id) {
     if (c->n - c->i < KEY_PREFIX_LEN || memcmp(c->s + c->i, KEY_PREFIX, KEY_PREFIX_LEN) != 0) return -1;
     c->i += KEY_PREFIX_LEN;
     int negative = 0, digits = 0;
-    int64_t id = 0;
+    int64_t value = 0;
     if (peek(c) == '-') {
         negative = 1;
         c->i++;
@@ -184,24 +186,163 @@ static int read_pair(Cursor *c, Candidate *cand) {
     int ch;
     while ((ch = peek(c)) >= '0' && ch <= '9') {
         if (++digits > 11) return -1;
-        id = id * 10 + (ch - '0');
+        value = value * 10 + (ch - '0');
         c->i++;
     }
-    if (digits == 0) return -1;
-    if (peek(c) != '"') return -1;
+    if (digits == 0 || peek(c) != '"') return -1;
     c->i++;
-    if (negative) id = -id;
-    if (id > INT32_MAX || id < INT32_MIN) return -1;
+    if (negative) value = -value;
+    if (value > INT32_MAX || value < INT32_MIN) return -1;
+    *id = value;
+    return 0;
+}
+
+/* A logprob as the reference path cleans it: at or below -9999 (chat's stand-in for -inf) is -inf. */
+static int read_logprob(Cursor *c, double *lp) {
+    if (read_number(c, lp)) return -1;
+    if (*lp <= -9999.0) *lp = -INFINITY;
+    return 0;
+}
+
+/* One `"token_id:N": number` pair of a completions top-k dict. */
+static int read_pair(Cursor *c, Candidate *cand) {
+    if (read_token_key(c, &cand->id)) return -1;
     skip_ws(c);
     if (peek(c) != ':') return -1;
     c->i++;
     skip_ws(c);
-    double lp;
-    if (read_number(c, &lp)) return -1;
-    if (lp <= -9999.0) lp = -INFINITY;
-    cand->id = id;
-    cand->lp = lp;
-    return 0;
+    return read_logprob(c, &cand->lp);
+}
+
+/* Past a JSON string starting at c's opening quote; start and len locate its raw (undecoded) bytes. */
+static int read_raw_string(Cursor *c, size_t *start, size_t *len, int *escaped) {
+    if (peek(c) != '"') return -1;
+    size_t from = c->i + 1, at = from;
+    *escaped = 0;
+    for (;;) {
+        const char *q = memchr(c->s + at, '"', c->n - at);
+        if (!q) return -1;
+        size_t end = (size_t)(q - c->s), back = 0;
+        while (end - back > from && c->s[end - back - 1] == '\\') back++;
+        if (back) *escaped = 1;
+        if (back % 2 == 0) {
+            *start = from;
+            *len = end - from;
+            c->i = end + 1;
+            return 0;
+        }
+        at = end + 1;
+    }
+}
+
+/* Past any JSON value (validated only as far as finding its end; orjson never sees it). */
+static int skip_value(Cursor *c, int depth) {
+    if (depth > 32) return -1;
+    int ch = peek(c);
+    size_t start, len;
+    int escaped;
+    double number;
+    if (ch == '"') return read_raw_string(c, &start, &len, &escaped);
+    if (ch == '{' || ch == '[') {
+        int close = ch == '{' ? '}' : ']';
+        c->i++;
+        skip_ws(c);
+        if (peek(c) == close) {
+            c->i++;
+            return 0;
+        }
+        for (;;) {
+            if (close == '}') {
+                if (read_raw_string(c, &start, &len, &escaped)) return -1;
+                skip_ws(c);
+                if (peek(c) != ':') return -1;
+                c->i++;
+                skip_ws(c);
+            }
+            if (skip_value(c, depth + 1)) return -1;
+            skip_ws(c);
+            if (peek(c) == ',') {
+                c->i++;
+                skip_ws(c);
+                continue;
+            }
+            if (peek(c) != close) return -1;
+            c->i++;
+            return 0;
+        }
+    }
+    static const char *const words[] = {"null", "true", "false"};
+    for (int w = 0; w < 3; w++) {
+        size_t wl = strlen(words[w]);
+        if (c->n - c->i >= wl && memcmp(c->s + c->i, words[w], wl) == 0) {
+            c->i += wl;
+            return 0;
+        }
+    }
+    return read_number(c, &number);
+}
+
+/* A chat logprob object {"token": "token_id:N", "logprob": x, ...}; with scratch (a content entry), its
+ * "top_logprobs" candidates are appended there. Other keys ("bytes") are skipped; a repeated key fails. */
+static int read_chat_object(Cursor *c, Candidate *self, Buf *scratch) {
+    int seen_token = 0, seen_logprob = 0, seen_top = 0;
+    if (peek(c) != '{') return -1;
+    c->i++;
+    skip_ws(c);
+    if (peek(c) == '}') return -1;
+    for (;;) {
+        size_t start, len;
+        int escaped;
+        if (read_raw_string(c, &start, &len, &escaped) || escaped) return -1;
+        const char *key = c->s + start;
+        skip_ws(c);
+        if (peek(c) != ':') return -1;
+        c->i++;
+        skip_ws(c);
+        if (len == 5 && memcmp(key, "token", 5) == 0) {
+            if (seen_token++ || read_token_key(c, &self->id)) return -1;
+        } else if (len == 7 && memcmp(key, "logprob", 7) == 0) {
+            if (seen_logprob++ || read_logprob(c, &self->lp)) return -1;
+        } else if (scratch && len == 12 && memcmp(key, "top_logprobs", 12) == 0) {
+            if (seen_top++) return -1;
+            if (c->n - c->i >= 4 && memcmp(c->s + c->i, "null", 4) == 0) {
+                c->i += 4;
+            } else {
+                if (peek(c) != '[') return -1;
+                c->i++;
+                skip_ws(c);
+                if (peek(c) == ']') {
+                    c->i++;
+                } else {
+                    for (;;) {
+                        if (buf_reserve(scratch, sizeof(Candidate))) return -1;
+                        if (read_chat_object(c, (Candidate *)(scratch->data + scratch->len), NULL)) return -1;
+                        scratch->len += sizeof(Candidate);
+                        skip_ws(c);
+                        if (peek(c) == ',') {
+                            c->i++;
+                            skip_ws(c);
+                            continue;
+                        }
+                        if (peek(c) != ']') return -1;
+                        c->i++;
+                        break;
+                    }
+                }
+            }
+        } else if (skip_value(c, 0)) {
+            return -1;
+        }
+        skip_ws(c);
+        if (peek(c) == ',') {
+            c->i++;
+            skip_ws(c);
+            continue;
+        }
+        if (peek(c) != '}') return -1;
+        c->i++;
+        return seen_token && seen_logprob ? 0 : -1;
+    }
 }
 
 /* a ranks before b: higher logprob, then lower id. */
@@ -293,18 +434,53 @@ static Py_ssize_t read_list(Cursor *c, Py_ssize_t k, Buf *scratch, Buf *ids, Buf
     }
 }
 
-static PyObject *scan_completions(PyObject *self, PyObject *args) {
+/* One chat `"content": [entry, ...]` list: sampled ids and logprobs plus ranked rows; positions or -1. */
+static Py_ssize_t read_content(Cursor *c, Py_ssize_t k, Buf *scratch, Buf *ids, Buf *lps, Buf *sampled_ids,
+                               Buf *sampled_lps) {
+    Py_ssize_t positions = 0;
+    c->i++; /* '[' */
+    skip_ws(c);
+    if (peek(c) == ']') {
+        c->i++;
+        return 0;
+    }
+    for (;;) {
+        Candidate self;
+        scratch->len = 0;
+        if (read_chat_object(c, &self, scratch)) return -1;
+        int32_t id32 = (int32_t)self.id;
+        float lp32 = (float)self.lp;
+        if (buf_append(sampled_ids, &id32, 4) || buf_append(sampled_lps, &lp32, 4)) return -1;
+        if (emit_position((Candidate *)scratch->data, scratch->len / sizeof(Candidate), k, ids, lps)) return -1;
+        positions++;
+        skip_ws(c);
+        if (peek(c) == ',') {
+            c->i++;
+            skip_ws(c);
+            continue;
+        }
+        if (peek(c) != ']') return -1;
+        c->i++;
+        return positions;
+    }
+}
+
+/* scan(body, k, chat): see the top of this file; chat reads `"content": [...]` lists instead. */
+static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer view;
     Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "y*n", &view, &k)) return NULL;
+    int chat;
+    if (!PyArg_ParseTuple(args, "y*np", &view, &k, &chat)) return NULL;
     if (k < 0) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "k must be >= 0");
         return NULL;
     }
+    const char *key = chat ? "content" : "top_logprobs";
+    size_t key_len = strlen(key);
     const char *s = view.buf;
     size_t n = (size_t)view.len;
-    Buf out = {0}, counts = {0}, ids = {0}, lps = {0}, scratch = {0};
+    Buf out = {0}, counts = {0}, ids = {0}, lps = {0}, scratch = {0}, sampled_ids = {0}, sampled_lps = {0};
     PyObject *result = NULL;
     int ok = 0;
     size_t copied = 0, i = 0;
@@ -313,32 +489,27 @@ static PyObject *scan_completions(PyObject *self, PyObject *args) {
     for (;;) {
         const char *quote = memchr(s + i, '"', n - i);
         if (!quote) break;
-        size_t start = (size_t)(quote - s) + 1, end = start;
-        for (;;) { /* the closing quote: one not preceded by an odd run of backslashes */
-            const char *q = memchr(s + end, '"', n - end);
-            if (!q) goto done;
-            size_t at = (size_t)(q - s), back = 0;
-            while (at - back > start && s[at - back - 1] == '\\') back++;
-            if (back % 2 == 0) {
-                end = at;
-                break;
-            }
-            end = at + 1;
-        }
-        i = end + 1;
-        if (end - start != 12 || memcmp(s + start, "top_logprobs", 12) != 0) continue;
-        Cursor c = {s, n, i};
+        Cursor c = {s, n, (size_t)(quote - s)};
+        size_t start, len;
+        int escaped;
+        if (read_raw_string(&c, &start, &len, &escaped)) goto done;
+        i = c.i;
+        if (len != key_len || memcmp(s + start, key, key_len) != 0) continue;
         skip_ws(&c);
         if (peek(&c) != ':') continue; /* a string value, not a key */
         c.i++;
         skip_ws(&c);
-        if (n - c.i >= 4 && memcmp(s + c.i, "null", 4) == 0) {
-            i = c.i + 4;
-            continue;
+        if (peek(&c) != '[') {
+            if (chat) continue; /* the message's own "content" */
+            if (n - c.i >= 4 && memcmp(s + c.i, "null", 4) == 0) {
+                i = c.i + 4;
+                continue;
+            }
+            goto done;
         }
-        if (peek(&c) != '[') goto done;
         size_t value_start = c.i;
-        Py_ssize_t positions = read_list(&c, k, &scratch, &ids, &lps);
+        Py_ssize_t positions = chat ? read_content(&c, k, &scratch, &ids, &lps, &sampled_ids, &sampled_lps)
+                                    : read_list(&c, k, &scratch, &ids, &lps);
         if (positions < 0) goto done;
         int64_t p64 = positions;
         if (buf_append(&counts, &p64, sizeof p64)) goto done;
@@ -353,37 +524,32 @@ static PyObject *scan_completions(PyObject *self, PyObject *args) {
     ok = 1;
 done:
     if (ok) {
-        PyObject *stripped = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
-        PyObject *count_bytes = PyByteArray_FromStringAndSize(counts.data ? counts.data : "", (Py_ssize_t)counts.len);
-        PyObject *id_bytes = PyByteArray_FromStringAndSize(ids.data ? ids.data : "", (Py_ssize_t)ids.len);
-        PyObject *lp_bytes = PyByteArray_FromStringAndSize(lps.data ? lps.data : "", (Py_ssize_t)lps.len);
-        if (stripped && count_bytes && id_bytes && lp_bytes) {
-            result = PyTuple_Pack(4, stripped, count_bytes, id_bytes, lp_bytes);
+        Buf *parts[] = {&counts, &sampled_ids, &sampled_lps, &ids, &lps};
+        PyObject *items[6] = {PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len)};
+        for (int p = 0; p < 5; p++) {
+            items[p + 1] = PyByteArray_FromStringAndSize(parts[p]->data ? parts[p]->data : "", (Py_ssize_t)parts[p]->len);
         }
-        Py_XDECREF(stripped);
-        Py_XDECREF(count_bytes);
-        Py_XDECREF(id_bytes);
-        Py_XDECREF(lp_bytes);
+        int complete = 1;
+        for (int p = 0; p < 6; p++) complete = complete && items[p];
+        if (complete) result = PyTuple_Pack(6, items[0], items[1], items[2], items[3], items[4], items[5]);
+        for (int p = 0; p < 6; p++) Py_XDECREF(items[p]);
     } else if (!PyErr_Occurred()) {
         result = Py_None;
         Py_INCREF(result);
     }
-    free(out.data);
-    free(counts.data);
-    free(ids.data);
-    free(lps.data);
-    free(scratch.data);
+    Buf *all[] = {&out, &counts, &ids, &lps, &scratch, &sampled_ids, &sampled_lps};
+    for (int p = 0; p < 7; p++) free(all[p]->data);
     PyBuffer_Release(&view);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"scan_completions", scan_completions, METH_VARARGS,
-     "scan_completions(body, k) -> (stripped_body, counts, ids, logprobs) or None; see the module source."},
+    {"scan", scan, METH_VARARGS,
+     "scan(body, k, chat) -> (stripped_body, counts, sampled_ids, sampled_logprobs, ids, logprobs) or None."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Top-k list scanner for vLLM bodies.", -1,
-                                    methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_scan", "Top-k list scanner for vLLM bodies.", -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }

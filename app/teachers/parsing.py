@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from app.codecs.topk import TopKArrays
-from app.teachers.parsing_fast import Fallback, fast_chat, fast_completions, scanned_completions
+from app.teachers.parsing_fast import Fallback, fast_chat, fast_completions, scanned_chat, scanned_completions
 from app.teachers.parsing_reference import (
     CHAT_NEG_INF,
     TOKEN_ID_PREFIX,
@@ -67,16 +67,18 @@ def parse_chat(body: bytes, *, n: int, k: int, requested_top: int) -> list[Parse
     equals k and the sampled token sorts last, chat may have dropped the real k-th best for it, so that
     slot is marked missing rather than guessed.
     """
-    data = _load(body)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or len(choices) != n:
-        got = len(choices) if isinstance(choices, list) else "no"
-        raise TeacherResponseError(f"expected {n} choices, got {got}")
-    prompt_token_ids = data.get("prompt_token_ids")
-    try:
-        out = fast_chat(choices, k=k, requested_top=requested_top, prompt_token_ids=prompt_token_ids)
-    except _FAST_ERRORS:
-        out = reference_chat(choices, k=k, requested_top=requested_top, prompt_token_ids=prompt_token_ids)
+    out = scanned_chat(body, n=n, k=k, requested_top=requested_top)
+    if out is None:
+        data = _load(body)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or len(choices) != n:
+            got = len(choices) if isinstance(choices, list) else "no"
+            raise TeacherResponseError(f"expected {n} choices, got {got}")
+        prompt_token_ids = data.get("prompt_token_ids")
+        try:
+            out = fast_chat(choices, k=k, requested_top=requested_top, prompt_token_ids=prompt_token_ids)
+        except _FAST_ERRORS:
+            out = reference_chat(choices, k=k, requested_top=requested_top, prompt_token_ids=prompt_token_ids)
     out.sort(key=lambda c: c.sample_index)
     _check_samples(out, num_prompts=1, n=n)
     return out

@@ -66,31 +66,108 @@ def scanned_completions(body: bytes, *, num_prompts: int, n: int, k: int) -> lis
     parses the plain way, which also raises the right error for a malformed body)."""
     if _scan is None:
         return None
-    scanned = _scan.scan_completions(body, k)
+    scanned = _scan.scan(body, k, False)
     if scanned is None:
         return None
-    stripped, count_bytes, id_bytes, lp_bytes = scanned
     try:
-        data = orjson.loads(stripped)
-        return _assemble(data, count_bytes, id_bytes, lp_bytes, num_prompts=num_prompts, n=n, k=k)
-    except (Fallback, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return _assemble_completions(_Scanned(scanned, k), num_prompts=num_prompts, n=n, k=k)
+    except _SCAN_MISSES:
         return None
 
 
-def _assemble(
-    data: Any, count_bytes: bytearray, id_bytes: bytearray, lp_bytes: bytearray, *, num_prompts: int, n: int, k: int
-) -> list[ParsedCompletion]:
-    """Choices of a stripped body (each top_logprobs list replaced by its ordinal) joined to the scanned rows."""
+def scanned_chat(body: bytes, *, n: int, k: int, requested_top: int) -> list[ParsedCompletion] | None:
+    """The compiled scanner's path for a chat body; None when it does not apply."""
+    if _scan is None:
+        return None
+    scanned = _scan.scan(body, k, True)
+    if scanned is None:
+        return None
+    try:
+        return _assemble_chat(_Scanned(scanned, k), n=n, k=k, requested_top=requested_top)
+    except _SCAN_MISSES:
+        return None
+
+
+_SCAN_MISSES = (Fallback, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+class _Scanned:
+    """The scanner's answer: the stripped body parsed, and its lists' rows as numpy views."""
+
+    def __init__(self, scanned: tuple[bytes, bytearray, bytearray, bytearray, bytearray, bytearray], k: int):
+        stripped, count_bytes, sampled_ids, sampled_lps, id_bytes, lp_bytes = scanned
+        self.data = orjson.loads(stripped)
+        counts = np.frombuffer(count_bytes, dtype=np.int64)
+        total = int(counts.sum())
+        starts = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        self.lists = len(counts)
+        self.bounds: list[int] = starts.tolist()
+        self.sampled_ids = np.frombuffer(sampled_ids, dtype=np.int32)
+        self.sampled_lps = np.frombuffer(sampled_lps, dtype=np.float32)
+        self.topk_ids = np.frombuffer(id_bytes, dtype=np.int32).reshape(total, k)
+        self.topk_lps = np.frombuffer(lp_bytes, dtype=np.float32).reshape(total, k)
+
+    def length(self, ordinal: int) -> int:
+        return self.bounds[ordinal + 1] - self.bounds[ordinal]
+
+    def rows(self, ordinal: int) -> slice:
+        return slice(self.bounds[ordinal], self.bounds[ordinal + 1])
+
+    def check_all_used(self, used: list[int]) -> None:
+        """Every list is read exactly once: one elsewhere in the body means the body is not as expected."""
+        if sorted(used) != list(range(self.lists)):
+            raise Fallback
+
+
+def _assemble_chat(scan: _Scanned, *, n: int, k: int, requested_top: int) -> list[ParsedCompletion]:
+    """Chat choices of a stripped body (each logprobs content list replaced by its ordinal) and their rows."""
+    data = scan.data
     choices = data["choices"]
+    if type(choices) is not list or len(choices) != n:
+        raise Fallback
+    prompt_token_ids = data.get("prompt_token_ids")
+    topk_ids, topk_lps = scan.topk_ids, scan.topk_lps
+    if k > 0 and requested_top == k:
+        last_is_sampled = topk_ids[:, k - 1] == scan.sampled_ids
+        topk_ids[last_is_sampled, k - 1] = MISSING_ID
+        topk_lps[last_is_sampled, k - 1] = -np.inf
+    used: list[int] = []
+    out: list[ParsedCompletion] = []
+    for choice in choices:
+        ordinal = (choice.get("logprobs") or _EMPTY).get("content")
+        if type(ordinal) is not int:
+            raise Fallback
+        used.append(ordinal)
+        rows = scan.rows(ordinal)
+        token_ids = choice.get("token_ids")
+        if token_ids is None:
+            ids = scan.sampled_ids[rows]
+        elif type(token_ids) is list and len(token_ids) == scan.length(ordinal):
+            ids = np.asarray(token_ids, dtype=np.int32)
+        else:
+            raise Fallback
+        message = choice.get("message") or _EMPTY
+        out.append(
+            ParsedCompletion(
+                prompt_index=0,
+                sample_index=int(choice["index"]),
+                text=message.get("content") or "",
+                finish_reason=choice.get("finish_reason"),
+                arrays=TopKArrays(ids, scan.sampled_lps[rows], topk_ids[rows], topk_lps[rows]),
+                prompt_token_ids=prompt_token_ids,
+            )
+        )
+    scan.check_all_used(used)
+    return out
+
+
+def _assemble_completions(scan: _Scanned, *, num_prompts: int, n: int, k: int) -> list[ParsedCompletion]:
+    """Completions choices of a stripped body (each top_logprobs list replaced by its ordinal) and their rows."""
+    choices = scan.data["choices"]
     if type(choices) is not list or len(choices) != num_prompts * n:
         raise Fallback
-    counts = np.frombuffer(count_bytes, dtype=np.int64)
-    total = int(counts.sum())
-    topk_ids = np.frombuffer(id_bytes, dtype=np.int32).reshape(total, k)
-    topk_lps = np.frombuffer(lp_bytes, dtype=np.float32).reshape(total, k)
-    starts = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    bounds = starts.tolist()
+    topk_ids, topk_lps, bounds = scan.topk_ids, scan.topk_lps, scan.bounds
     lengths: list[int] = []
     sampled_ids: list[Any] = []
     sampled_lps: list[Any] = []
@@ -121,9 +198,7 @@ def _assemble(
         lengths.append(len(ids))
         sampled_ids.extend(ids)
         sampled_lps.extend(values)
-    used = [r for r in rows if r is not None]
-    if sorted(used) != list(range(len(counts))):
-        raise Fallback  # a list elsewhere in the body, or one read twice
+    scan.check_all_used([r for r in rows if r is not None])
     all_ids = np.asarray(sampled_ids, dtype=np.int32)
     all_lps = _logprobs(sampled_lps).astype(np.float32)
     out: list[ParsedCompletion] = []
