@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.codecs.topk import DEFAULT_CODEC_VERSION, CodecVersion
+
 JobStatus = Literal["loading", "queued", "running", "completed", "failed", "cancelled"]
 JobKind = Literal["generate", "score"]
 ItemStatus = Literal["queued", "leased", "done", "failed", "cancelled"]
@@ -123,6 +125,11 @@ class CoreParams(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: int = Field(default=1, ge=1, le=64, description="Samples per prompt.")
     top_logprobs: int = Field(default=20, ge=0, description="k: candidates kept per position.")
+    codec: CodecVersion = Field(
+        default=DEFAULT_CODEC_VERSION,
+        description="Top-k storage format (app/codecs/topk.py): 3 bit-packs ids and keeps logprobs to 0.0005 nat "
+        "of the teacher's (the sampled one exact); 2 and 1 keep float16 logprobs. See GET /v1/jobs/{id}/fidelity.",
+    )
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.codecs.topk import DEFAULT_CODEC_VERSION, LEGACY_CODEC_VERSION
 from app.teachers.parsing import ParsedCompletion
 
 
@@ -31,6 +32,11 @@ class JobSpec:
     k: int
     n: int
     max_logprobs: int | None
+
+    @property
+    def codec(self) -> int:
+        """The top-k codec version its rows are written with (jobs from before `params.codec`: version 2)."""
+        return int(self.params.get("codec", LEGACY_CODEC_VERSION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +69,4 @@ class ItemOutcome:
     reason: str | None = None  # why it goes back to the queue; kept in its failure once out of attempts
     transient: bool = False  # the teacher could not be reached or was busy: the attempt is refunded in an outage
     resent: bool = False  # sent again alone in this claim after its batch's answer was unreadable: one more attempt
+    codec: int = DEFAULT_CODEC_VERSION  # the job's top-k codec version, for its completions

@@ -50,7 +50,7 @@ def build_rows(outcomes: list[ItemOutcome]) -> list[ItemRows]:
         prompt_ids = outcome.completions[0].prompt_token_ids if outcome.completions else None
         rows = ItemRows(item.id, item.job_id, finished_row(item.id, "done", prompt_token_ids=prompt_ids))
         for completion in outcome.completions:
-            packed = encode_topk(completion.arrays)
+            packed = encode_topk(completion.arrays, outcome.codec)
             rows.tokens += packed.num_tokens
             rows.results.append(
                 {

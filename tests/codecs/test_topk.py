@@ -17,9 +17,9 @@ def arrays(t: int, k: int, seed: int = 0) -> TopKArrays:
     )
 
 
-def test_round_trip_is_exact_for_ids_and_float16_for_logprobs() -> None:
+def test_v2_round_trip_is_exact_for_ids_and_float16_for_logprobs() -> None:
     original = arrays(37, 20)
-    packed = DEFAULT_CODEC.encode(original)
+    packed = CODECS[2].encode(original)
     decoded = codec_for(packed.codec).decode(packed)
     assert np.array_equal(decoded.token_ids, original.token_ids)
     assert np.array_equal(decoded.topk_ids, original.topk_ids)
@@ -28,7 +28,7 @@ def test_round_trip_is_exact_for_ids_and_float16_for_logprobs() -> None:
 
 
 def test_bytes_per_token_at_k20() -> None:
-    packed = DEFAULT_CODEC.encode(arrays(100, 20))
+    packed = CODECS[2].encode(arrays(100, 20))
     total = len(packed.token_ids) + len(packed.token_logprobs) + len(packed.topk_ids) + len(packed.topk_logprobs)
     assert total == 100 * (3 + 4 + 20 * 3 + 20 * 2)
     v1 = CODECS[1].encode(arrays(100, 20))
@@ -62,7 +62,7 @@ def test_prompt_ids_pack() -> None:
     assert unpack_ids(pack_ids(ids)).tolist() == ids
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_every_version_round_trips(version: int) -> None:
     original = arrays(9, 4, seed=version)
     original.topk_ids[3, 2] = MISSING_ID
@@ -74,7 +74,7 @@ def test_every_version_round_trips(version: int) -> None:
 
 def test_ids_past_three_bytes_fall_back_to_version_1() -> None:
     a = arrays(2, 2)
-    assert encode_topk(a).codec == 2
+    assert encode_topk(a, 2).codec == 2
     a.topk_ids[0, 0] = 0xFFFFFF  # the v2 sentinel itself is not a storable id
-    packed = encode_topk(a)
+    packed = encode_topk(a, 2)
     assert packed.codec == 1 and codec_for(1).decode(packed).topk_ids[0, 0] == 0xFFFFFF

@@ -7,12 +7,14 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from app.codecs.topk import DEFAULT_CODEC, TopKArrays
+from app.codecs.topk import CODECS, TopKArrays
 from app.exporters.jsonl import JsonlExporter
 from app.exporters.parquet import METADATA_KEY, ParquetExporter
 from app.exporters.rows import ExportRow
 
 JOB = uuid.uuid4()
+
+V2 = CODECS[2]
 
 
 def row(i: int, t: int, k: int) -> ExportRow:
@@ -23,7 +25,7 @@ def row(i: int, t: int, k: int) -> ExportRow:
         topk_ids=rng.integers(0, 4096, (t, k), dtype=np.int32),
         topk_logprobs=-np.sort(rng.random((t, k), dtype=np.float32), axis=1),
     )
-    stored = DEFAULT_CODEC.decode(DEFAULT_CODEC.encode(arrays))
+    stored = V2.decode(V2.encode(arrays))  # float16 as stored, which Parquet keeps exactly
     return ExportRow(
         JOB,
         i,

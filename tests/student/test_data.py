@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from app.codecs.topk import DEFAULT_CODEC, TopKArrays
+from app.codecs.topk import CODECS, TopKArrays
 from app.exporters.parquet import ParquetExporter
 from app.exporters.rows import ExportRow
 from distillery_student.data import IGNORE_INDEX, DistillationDataset, RowKey, collate, split_by_prompt
 
 JOB = uuid.UUID("00000000-0000-4000-8000-000000000001")
 K = 3
+
+V2 = CODECS[2]
 
 
 def make_row(item_id: int, prompt: list[int] | None, response: list[int], *, sample_index: int = 0) -> ExportRow:
@@ -48,7 +50,7 @@ def make_row(item_id: int, prompt: list[int] | None, response: list[int], *, sam
         text="t",
         finish_reason="length",
         prompt_token_ids=None if prompt is None else np.array(prompt, dtype=np.int32),
-        arrays=DEFAULT_CODEC.decode(DEFAULT_CODEC.encode(arrays)),
+        arrays=V2.decode(V2.encode(arrays)),
     )
 
 
