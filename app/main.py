@@ -25,6 +25,7 @@ from app.database import Database, is_transient_db_error
 from app.datasets.api import router as datasets_router
 from app.dependencies import PUBLIC_PATHS, authorize
 from app.errors import http_error_handler, validation_error_handler
+from app.fidelity.api import router as fidelity_router
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.maintenance import run_maintenance
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(teachers_router)
     app.include_router(jobs_router)
     app.include_router(records_router)
+    app.include_router(fidelity_router)
     app.include_router(datasets_router)
     app.include_router(observability_router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]

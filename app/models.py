@@ -215,6 +215,9 @@ class Result(Base):
     token_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
     topk_ids: Mapped[bytes] = mapped_column(LargeBinary)
     topk_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
+    # For a job's first items only (fidelity_sample_items): the sampled and top-k logprobs as the teacher
+    # sent them, float32 [T] then [T, k], so the fidelity report can measure every codec against them.
+    reference_logprobs: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
     __table_args__ = (
         UniqueConstraint("item_id", "sample_index", name="uq_results_item_sample"),

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     )
     worker_shutdown_grace_s: float = Field(default=30.0, ge=0)
     worker_db_retry_s: float = Field(default=300.0, ge=0, description="How long a worker retries a unit of work.")
+    fidelity_sample_items: int = Field(
+        default=16,
+        ge=0,
+        description="The first N items of every job also keep the teacher's logprobs exactly (float32), for the "
+        "codec fidelity report (GET /v1/jobs/{id}/fidelity).",
+    )
 
     max_body_bytes: int = Field(default=32 << 20, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(default=4 << 30, ge=1024, description="Largest JSONL upload body.")

@@ -246,6 +246,19 @@ def _unpack_ids(blob: bytes, count: int) -> IdArray:
     return ids
 
 
+def reference_blob(arrays: TopKArrays) -> bytes:
+    """The sampled and top-k logprobs exactly as parsed: float32 [T] then float32 [T, k]."""
+    return arrays.token_logprobs.astype("<f4").tobytes() + arrays.topk_logprobs.astype("<f4").tobytes()
+
+
+def reference_logprobs(blob: bytes, t: int, k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """What reference_blob wrote: the sampled logprobs [T] and the top-k logprobs [T, k]."""
+    if len(blob) != 4 * t * (1 + k):
+        raise ValueError(f"a reference blob of {len(blob)} bytes does not fit {t} x {k}")
+    values = np.frombuffer(blob, "<f4").astype(np.float32)
+    return values[:t], values[t:].reshape(t, k)
+
+
 def pack_ids(ids: list[int]) -> bytes:
     """A plain id list (a prompt's token ids) as int32 bytes."""
     return np.asarray(ids, dtype="<i4").tobytes()

@@ -217,7 +217,7 @@ class Worker:
         if not outcomes:
             return Stored()
         started = time.perf_counter()
-        built = await self.off_loop(build_rows, outcomes)
+        built = await self.off_loop(build_rows, outcomes, self.settings.fidelity_sample_items)
         stored = await self.database.run(
             lambda s: write_rows(s, self.id, built), retry_for_s=self.settings.worker_db_retry_s
         )

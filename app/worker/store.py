@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.codecs.topk import encode_topk, pack_ids
+from app.codecs.topk import encode_topk, pack_ids, reference_blob
 from app.jobs.repository import PROGRESS_BUCKET_S
 from app.models import utcnow
 from app.worker import repository
@@ -38,8 +38,9 @@ class ItemRows:
         return bool(self.finished["status"] == "failed")
 
 
-def build_rows(outcomes: list[ItemOutcome]) -> list[ItemRows]:
-    """Encode every completion once, outside any transaction (so a retried transaction does not redo it)."""
+def build_rows(outcomes: list[ItemOutcome], sample_items: int = 0) -> list[ItemRows]:
+    """Encode every completion once, outside any transaction (so a retried transaction does not redo it).
+    Items of seq below `sample_items` also keep the teacher's logprobs exactly, for the fidelity report."""
     built: list[ItemRows] = []
     for outcome in outcomes:
         item = outcome.item
@@ -67,6 +68,7 @@ def build_rows(outcomes: list[ItemOutcome]) -> list[ItemRows]:
                     "token_logprobs": packed.token_logprobs,
                     "topk_ids": packed.topk_ids,
                     "topk_logprobs": packed.topk_logprobs,
+                    "reference_logprobs": reference_blob(completion.arrays) if item.seq < sample_items else None,
                 }
             )
         built.append(rows)
