@@ -108,6 +108,8 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
             assert service.process is not None
             pid = service.process.pid
             form = {"teacher": "tiny", "max_tokens": args.max_tokens, "top_logprobs": args.k, "temperature": 1.0}
+            if args.codec is not None:
+                form["codec"] = args.codec
             with service_client(service.url, api_key) as client, py_spy(pid, args.profile if run == 0 else None):
                 cpu0, replay0, wall0 = cpu_seconds(pid), cpu_seconds(replay.pid), time.perf_counter()
                 busy0 = psutil.cpu_times()
@@ -116,6 +118,9 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
                 wall = time.perf_counter() - wall0
                 cpu, replay_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(replay.pid) - replay0
                 busy1 = psutil.cpu_times()
+                fidelity = None
+                if getattr(args, "fidelity", False):  # bench.storage: the job's own report, after the timing
+                    fidelity = client.http.get(f"/v1/jobs/{job['id']}/fidelity").json()
         assert job["status"] == "completed", job
         tokens = int(job["tokens_generated"])
         sizes = relation_sizes(db_url)
@@ -133,18 +138,22 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
         "bytes_on_disk": on_disk,
         "bytes_per_token": on_disk / tokens,
         "relations": sizes,
+        "fidelity": fidelity,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8192)
-    parser.add_argument("--max-tokens", type=int, default=128, help="the recording holds 128-token completions")
+    parser.add_argument(
+        "--max-tokens", type=int, default=128, help="the recording holds 128-token completions; longer ones are joined"
+    )
     parser.add_argument("-k", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="the teacher's batch_size (prompts per request)")
     parser.add_argument("--inflight", type=int, default=8, help="the teacher's max_inflight")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chat", action="store_true", help="chat messages (one request per conversation)")
+    parser.add_argument("--codec", type=int, choices=(1, 2, 3), help="the job's top-k codec (default: the service's)")
     parser.add_argument("--recording", type=Path, default=DEFAULT_RECORDING)
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the first run's service here")
     parser.add_argument("--name", default="ceiling")

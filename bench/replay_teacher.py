@@ -146,6 +146,29 @@ def recorded_tokens(recording: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------------ response cuts
 
 
+def _joined(completions: list[dict[str, Any]], first: int, max_tokens: int) -> dict[str, Any]:
+    """Recorded completions first, first + 1, ... (cyclically) joined into one of at least max_tokens
+    positions, for benches that need longer completions than the recording holds (text and positions are
+    real, the joins are not)."""
+    parts: list[dict[str, Any]] = []
+    length = 0
+    while length < max_tokens:
+        part = completions[(first + len(parts)) % len(completions)]
+        parts.append(part)
+        length += len(part["token_ids"])
+    joined = {**parts[-1], "token_ids": [], "text": ""}
+    lp: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for part in parts:
+        plp = part["logprobs"]
+        lp["text_offset"].extend(offset + len(joined["text"]) for offset in plp["text_offset"])
+        for key in ("tokens", "token_logprobs", "top_logprobs"):
+            lp[key].extend(plp[key])
+        joined["token_ids"] += part["token_ids"]
+        joined["text"] += part["text"]
+    joined["logprobs"] = {**parts[-1]["logprobs"], **lp}
+    return joined
+
+
 def _cut_completion(choice: dict[str, Any], max_tokens: int, k: int | None, recorded_k: int) -> dict[str, Any]:
     """A recorded completions choice cut to max_tokens positions and k candidates (sampled kept first)."""
     c = dict(choice)
@@ -216,7 +239,10 @@ class Responder:
     def _completion_cuts(self, max_tokens: int, k: int | None) -> list[tuple[bytes, int]]:
         key = ("cmpl", max_tokens, k)
         if key not in self._cuts:
-            cut = [_cut_completion(c, max_tokens, k, self.k) for c in self.rec["completions"]]
+            recorded = self.rec["completions"]
+            if max_tokens > self.rec["max_tokens"]:  # longer than recorded: each joined with the next ones
+                recorded = [_joined(recorded, i, max_tokens) for i in range(len(recorded))]
+            cut = [_cut_completion(c, max_tokens, k, self.k) for c in recorded]
             self._cuts[key] = [(_body_bytes(c), len(c["token_ids"])) for c in cut]
         return self._cuts[key]
 

@@ -21,7 +21,6 @@ A slot the teacher did not report holds id -1 and logprob -inf. Each stored row 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -269,8 +268,7 @@ def unpack_ids(blob: bytes) -> IdArray:
 
 
 CODECS: dict[int, TopKCodec] = {c.version: c for c in (TopKCodec(), TopKCodecV2(), TopKCodecV3())}
-CodecVersion = Literal[1, 2, 3]
-DEFAULT_CODEC_VERSION: CodecVersion = 3
+DEFAULT_CODEC_VERSION = TopKCodecV3.version
 DEFAULT_CODEC = CODECS[DEFAULT_CODEC_VERSION]
 # Jobs created before `params.codec` existed wrote version 2 rows; they keep doing so.
 LEGACY_CODEC_VERSION = TopKCodecV2.version

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.codecs.topk import DEFAULT_CODEC_VERSION, CodecVersion
+from app.codecs.topk import DEFAULT_CODEC_VERSION
 
 JobStatus = Literal["loading", "queued", "running", "completed", "failed", "cancelled"]
 JobKind = Literal["generate", "score"]
@@ -125,8 +125,10 @@ class CoreParams(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: int = Field(default=1, ge=1, le=64, description="Samples per prompt.")
     top_logprobs: int = Field(default=20, ge=0, description="k: candidates kept per position.")
-    codec: CodecVersion = Field(
+    codec: int = Field(
         default=DEFAULT_CODEC_VERSION,
+        ge=1,
+        le=DEFAULT_CODEC_VERSION,
         description="Top-k storage format (app/codecs/topk.py): 3 bit-packs ids and keeps logprobs to 0.0005 nat "
         "of the teacher's (the sampled one exact); 2 and 1 keep float16 logprobs. See GET /v1/jobs/{id}/fidelity.",
     )

@@ -42,7 +42,8 @@ def test_fidelity_per_codec(service: Service) -> None:
             export = api.get(f"/v1/jobs/{job_id}/export", params={"format": "jsonl"})
             assert export.status_code == 200
             lines = [orjson.loads(line) for line in export.content.splitlines()]
-            assert [line["top_logprobs_ids"] for line in lines] == [r["top_logprobs_ids"] for r in records]
+            assert [line["topk_ids"] for line in lines] == [r["top_logprobs_ids"] for r in records]
+            assert [line["topk_logprobs"] for line in lines] == [r["top_logprobs"] for r in records]
 
 
 def test_fidelity_of_an_unknown_job_is_404(service: Service) -> None:
