@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,3 +176,46 @@ def test_chat_outside_the_grammar_goes_the_reference_way() -> None:
 
 def test_the_module_keeps_the_reference_names() -> None:
     assert parsing._reference_completions is parsing.reference_completions
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "vllm"
+
+
+def _fixture_cases() -> list[str]:
+    """Recorded generation answers with logprobs (not errors, not teacher-forced scoring)."""
+    names = []
+    for request_path in sorted(FIXTURES.glob("*.request.json")):
+        name = request_path.name.removesuffix(".request.json")
+        body = orjson.loads(request_path.read_bytes())["body"]
+        answer = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
+        wanted = body.get("logprobs") is not None and body.get("logprobs") is not False
+        if wanted and "prompt_logprobs" not in body and isinstance(answer, dict) and "choices" in answer:
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _fixture_cases())
+def test_every_recorded_fixture_body_parses_as_the_reference(name: str) -> None:
+    request = orjson.loads((FIXTURES / f"{name}.request.json").read_bytes())["body"]
+    body = (FIXTURES / f"{name}.json").read_bytes()
+    n = int(request.get("n", 1))
+    if "messages" in request:
+        top = int(request.get("top_logprobs") or 0)
+        for k in sorted({top, max(top - 1, 0)}):
+            try:
+                expected = _reference_chat(body, k=k, top=top)
+            except (ValueError, KeyError) as exc:
+                with pytest.raises(type(exc)):
+                    parse_chat(body, n=n, k=k, requested_top=top)
+                continue
+            _same(parse_chat(body, n=n, k=k, requested_top=top), expected)
+        return
+    prompts = request["prompt"] if isinstance(request["prompt"], list) else [request["prompt"]]
+    k = int(request["logprobs"])
+    try:
+        expected = _reference_completions(body, n=n, k=k)
+    except (ValueError, KeyError) as exc:  # e.g. decoded-string keys: both paths refuse them alike
+        with pytest.raises(type(exc)):
+            parse_completions(body, num_prompts=len(prompts), n=n, k=k)
+        return
+    _same(parse_completions(body, num_prompts=len(prompts), n=n, k=k), expected)
