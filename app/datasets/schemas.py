@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.fidelity.schemas import CodecComparison
+
 DatasetStatus = Literal["building", "ready", "failed"]
 SplitName = Literal["train", "validation"]
 MAX_DATASET_JOBS = 256
@@ -65,6 +67,9 @@ class JobLineage(BaseModel):
     teacher_info: dict[str, Any]
     params: dict[str, Any]
     created_at: datetime
+    fidelity: CodecComparison | None = Field(
+        default=None, description="Each top-k codec's error on the job's sampled positions (as GET .../fidelity)."
+    )
 
 
 class SplitStats(BaseModel):

@@ -43,6 +43,8 @@ from app.datasets.schemas import (
 from app.datasets.storage import DatasetStorage
 from app.errors import ApiError, not_found
 from app.exporters.rows import ExportRow
+from app.fidelity.schemas import CodecComparison
+from app.fidelity.service import codec_comparison
 from app.models import Dataset, DatasetFile, Job, utcnow
 from app.records.service import export_row, result_chunks
 from app.settings import Settings
@@ -124,7 +126,7 @@ def _top_k(body: DatasetCreate, jobs: list[Job]) -> int:
     return body.top_k
 
 
-def _lineage(job: Job) -> JobLineage:
+def _lineage(job: Job, fidelity: CodecComparison) -> JobLineage:
     return JobLineage(
         job_id=job.id,
         teacher=job.teacher,
@@ -133,6 +135,7 @@ def _lineage(job: Job) -> JobLineage:
         teacher_info=job.teacher_info,
         params=job.params,
         created_at=job.created_at,
+        fidelity=fidelity,
     )
 
 
@@ -166,7 +169,7 @@ async def start_build(
             created_at=dataset.created_at,
             request=body,
             top_k=top_k,
-            jobs=[_lineage(job) for job in jobs],
+            jobs=[_lineage(job, await codec_comparison(session, job)) for job in jobs],
             shard_rows=shard_rows,
             shard_bytes=shard_bytes,
         )

@@ -38,6 +38,13 @@ class StoredData(BaseModel):
     fidelity: CodecFidelity | None = Field(description="The stored rows of the sample, decoded as stored.")
 
 
+class CodecComparison(BaseModel):
+    """Each codec on a job's sampled positions (as a dataset manifest carries it per job)."""
+
+    sample_positions: int
+    codecs: list[CodecFidelity]
+
+
 class FidelityReport(BaseModel):
     job_id: uuid.UUID
     codec: int = Field(description="The job's codec (params.codec).")

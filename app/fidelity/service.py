@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.codecs.topk import CODECS, LEGACY_CODEC_VERSION, PackedTopK, TopKArrays, codec_for, reference_logprobs
 from app.fidelity import repository
-from app.fidelity.schemas import CodecFidelity, FidelityReport, StoredData
+from app.fidelity.schemas import CodecComparison, CodecFidelity, FidelityReport, StoredData
 from app.models import Job
 
 # Rows of the sample the report reads (the first items' rows; a few thousand positions).
@@ -133,6 +133,13 @@ def measure(sample: Sequence[tuple[TopKArrays, PackedTopK]]) -> tuple[CodecFidel
 
 def _payload(packed: PackedTopK) -> int:
     return len(packed.token_ids) + len(packed.token_logprobs) + len(packed.topk_ids) + len(packed.topk_logprobs)
+
+
+async def codec_comparison(session: AsyncSession, job: Job) -> CodecComparison:
+    """Every codec on the job's sampled positions, without the scan of all its rows (for a manifest)."""
+    sample = teacher_rows(await repository.sample_rows(session, job.id, MAX_SAMPLE_ROWS))
+    _, codecs = measure(sample)
+    return CodecComparison(sample_positions=sum(teacher.num_tokens for teacher, _ in sample), codecs=codecs)
 
 
 async def fidelity_report(session: AsyncSession, job: Job) -> FidelityReport:

@@ -500,12 +500,12 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *args) {
         c.i++;
         skip_ws(&c);
         if (peek(&c) != '[') {
-            if (chat) continue; /* the message's own "content" */
+            if (chat && peek(&c) == '"') continue; /* the message's own "content" */
             if (n - c.i >= 4 && memcmp(s + c.i, "null", 4) == 0) {
                 i = c.i + 4;
                 continue;
             }
-            goto done;
+            goto done; /* anything else could pass for an ordinal once the lists are replaced */
         }
         size_t value_start = c.i;
         Py_ssize_t positions = chat ? read_content(&c, k, &scratch, &ids, &lps, &sampled_ids, &sampled_lps)

@@ -88,7 +88,16 @@ def scanned_chat(body: bytes, *, n: int, k: int, requested_top: int) -> list[Par
         return None
 
 
-_SCAN_MISSES = (Fallback, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError)
+_SCAN_MISSES = (
+    Fallback,
+    orjson.JSONDecodeError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    OverflowError,
+)
 
 
 class _Scanned:

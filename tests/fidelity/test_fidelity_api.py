@@ -44,6 +44,11 @@ def test_fidelity_per_codec(service: Service) -> None:
             lines = [orjson.loads(line) for line in export.content.splitlines()]
             assert [line["topk_ids"] for line in lines] == [r["top_logprobs_ids"] for r in records]
             assert [line["topk_logprobs"] for line in lines] == [r["top_logprobs"] for r in records]
+            # A dataset's manifest carries the same codec comparison per job.
+            built = api.post("/v1/datasets", json={"name": f"fidelity-v{version}", "jobs": [job_id]})
+            assert built.status_code == 201, built.text
+            lineage = built.json()["manifest"]["jobs"][0]
+            assert lineage["fidelity"] == {"sample_positions": report["sample_positions"], "codecs": report["codecs"]}
 
 
 def test_fidelity_of_an_unknown_job_is_404(service: Service) -> None:

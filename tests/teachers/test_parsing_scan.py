@@ -219,3 +219,15 @@ def test_every_recorded_fixture_body_parses_as_the_reference(name: str) -> None:
             parse_completions(body, num_prompts=len(prompts), n=n, k=k)
         return
     _same(parse_completions(body, num_prompts=len(prompts), n=n, k=k), expected)
+
+
+def test_a_number_where_a_list_was_expected_is_not_taken_for_an_ordinal() -> None:
+    entry = {"token": "token_id:3", "logprob": -0.5, "top_logprobs": [{"token": "token_id:3", "logprob": -0.5}]}
+    good = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": [entry]}}
+    odd = {"index": 1, "message": {"content": "y"}, "logprobs": {"content": 0}}
+    body = orjson.dumps({"choices": [good, odd]})
+    assert parsing_fast.scanned_chat(body, n=2, k=1, requested_top=1) is None
+    with pytest.raises(TypeError):  # the reference path's own error
+        parse_chat(body, n=2, k=1, requested_top=1)
+    body = _completions_body(['{"token_id:2": -0.5}']).replace(b'"top_logprobs":[', b'"top_logprobs":0,"x":[')
+    assert parsing_fast.scanned_completions(body, num_prompts=1, n=1, k=1) is None
