@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from app.codecs.topk import TopKArrays
-from app.teachers.parsing_fast import Fallback, fast_chat, fast_completions, scanned_chat, scanned_completions
+from app.teachers.parsing_fast import Fallback, fast_chat, fast_completions
 from app.teachers.parsing_reference import (
     CHAT_NEG_INF,
     TOKEN_ID_PREFIX,
@@ -24,6 +24,7 @@ from app.teachers.parsing_reference import (
     token_id,
     topk_rows,
 )
+from app.teachers.parsing_scan import scanned_chat, scanned_completions
 
 __all__ = [
     "CHAT_NEG_INF",

@@ -1,11 +1,10 @@
-"""Fast parsing of vLLM responses, equal to parsing_reference's result on every body it accepts.
+"""Fast parsing of vLLM responses in numpy, equal to parsing_reference's result on every body it accepts.
 
-Two paths. With the compiled scanner (app/teachers/_scan.c, built by the normal install) a completions
-body's top-k lists are read and ranked in C straight from the bytes, and orjson parses only the rest
-(texts, sampled tokens): no Python object per candidate. Without it, or for chat, a response is handled
-as a whole in numpy: after orjson every position of every choice goes into flat lists, "token_id:N" keys
-become ids through a cache, and one stable argsort over a padded [positions, candidates] array ranks all
-positions at once. Anything unexpected raises Fallback (or returns None) and the reference path decides.
+A response is handled as a whole: after orjson every position of every choice goes into flat lists,
+"token_id:N" keys become ids through a cache, and one stable argsort over a padded [positions, candidates]
+array ranks all positions at once. Anything unexpected raises Fallback and the reference path decides.
+The compiled scanner's path (parsing_scan) comes first when it is built; this one serves the bodies it
+declines.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from app.codecs.topk import MISSING_ID, TopKArrays
 from app.teachers.parsing_reference import (
@@ -27,11 +25,6 @@ from app.teachers.parsing_reference import (
     token_id,
 )
 
-try:
-    from app.teachers import _scan  # type: ignore[attr-defined]
-except ImportError:  # built without a C compiler: the numpy path serves alone
-    _scan = None
-
 # Pads sort after every real candidate of equal (-inf) logprob.
 _PAD_ID = np.iinfo(np.int64).max
 _INT32 = np.iinfo(np.int32)
@@ -40,7 +33,7 @@ _ID_CACHE_LIMIT = 1 << 20
 
 _get_token = itemgetter("token")
 _get_logprob = itemgetter("logprob")
-_EMPTY: dict[str, Any] = {}
+EMPTY: dict[str, Any] = {}
 
 
 class Fallback(Exception):
@@ -58,183 +51,10 @@ class _IdCache(dict[str, int]):
 
 
 _IDS = _IdCache()
-_lookup_id = _IDS.__getitem__
+lookup_id = _IDS.__getitem__
 
 
-def scanned_completions(body: bytes, *, num_prompts: int, n: int, k: int) -> list[ParsedCompletion] | None:
-    """The compiled scanner's path for a completions body; None when it does not apply (the caller then
-    parses the plain way, which also raises the right error for a malformed body)."""
-    if _scan is None:
-        return None
-    scanned = _scan.scan(body, k, False)
-    if scanned is None:
-        return None
-    try:
-        return _assemble_completions(_Scanned(scanned, k), num_prompts=num_prompts, n=n, k=k)
-    except _SCAN_MISSES:
-        return None
-
-
-def scanned_chat(body: bytes, *, n: int, k: int, requested_top: int) -> list[ParsedCompletion] | None:
-    """The compiled scanner's path for a chat body; None when it does not apply."""
-    if _scan is None:
-        return None
-    scanned = _scan.scan(body, k, True)
-    if scanned is None:
-        return None
-    try:
-        return _assemble_chat(_Scanned(scanned, k), n=n, k=k, requested_top=requested_top)
-    except _SCAN_MISSES:
-        return None
-
-
-_SCAN_MISSES = (
-    Fallback,
-    orjson.JSONDecodeError,
-    KeyError,
-    IndexError,
-    TypeError,
-    ValueError,
-    AttributeError,
-    OverflowError,
-)
-
-
-class _Scanned:
-    """The scanner's answer: the stripped body parsed, and its lists' rows as numpy views."""
-
-    def __init__(self, scanned: tuple[bytes, bytearray, bytearray, bytearray, bytearray, bytearray], k: int):
-        stripped, count_bytes, sampled_ids, sampled_lps, id_bytes, lp_bytes = scanned
-        self.data = orjson.loads(stripped)
-        counts = np.frombuffer(count_bytes, dtype=np.int64)
-        total = int(counts.sum())
-        starts = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        self.lists = len(counts)
-        self.bounds: list[int] = starts.tolist()
-        self.sampled_ids = np.frombuffer(sampled_ids, dtype=np.int32)
-        self.sampled_lps = np.frombuffer(sampled_lps, dtype=np.float32)
-        self.topk_ids = np.frombuffer(id_bytes, dtype=np.int32).reshape(total, k)
-        self.topk_lps = np.frombuffer(lp_bytes, dtype=np.float32).reshape(total, k)
-
-    def length(self, ordinal: int) -> int:
-        return self.bounds[ordinal + 1] - self.bounds[ordinal]
-
-    def rows(self, ordinal: int) -> slice:
-        return slice(self.bounds[ordinal], self.bounds[ordinal + 1])
-
-    def check_all_used(self, used: list[int]) -> None:
-        """Every list is read exactly once: one elsewhere in the body means the body is not as expected."""
-        if sorted(used) != list(range(self.lists)):
-            raise Fallback
-
-
-def _assemble_chat(scan: _Scanned, *, n: int, k: int, requested_top: int) -> list[ParsedCompletion]:
-    """Chat choices of a stripped body (each logprobs content list replaced by its ordinal) and their rows."""
-    data = scan.data
-    choices = data["choices"]
-    if type(choices) is not list or len(choices) != n:
-        raise Fallback
-    prompt_token_ids = data.get("prompt_token_ids")
-    topk_ids, topk_lps = scan.topk_ids, scan.topk_lps
-    if k > 0 and requested_top == k:
-        last_is_sampled = topk_ids[:, k - 1] == scan.sampled_ids
-        topk_ids[last_is_sampled, k - 1] = MISSING_ID
-        topk_lps[last_is_sampled, k - 1] = -np.inf
-    used: list[int] = []
-    out: list[ParsedCompletion] = []
-    for choice in choices:
-        ordinal = (choice.get("logprobs") or _EMPTY).get("content")
-        if type(ordinal) is not int:
-            raise Fallback
-        used.append(ordinal)
-        rows = scan.rows(ordinal)
-        token_ids = choice.get("token_ids")
-        if token_ids is None:
-            ids = scan.sampled_ids[rows]
-        elif type(token_ids) is list and len(token_ids) == scan.length(ordinal):
-            ids = np.asarray(token_ids, dtype=np.int32)
-        else:
-            raise Fallback
-        message = choice.get("message") or _EMPTY
-        out.append(
-            ParsedCompletion(
-                prompt_index=0,
-                sample_index=int(choice["index"]),
-                text=message.get("content") or "",
-                finish_reason=choice.get("finish_reason"),
-                arrays=TopKArrays(ids, scan.sampled_lps[rows], topk_ids[rows], topk_lps[rows]),
-                prompt_token_ids=prompt_token_ids,
-            )
-        )
-    scan.check_all_used(used)
-    return out
-
-
-def _assemble_completions(scan: _Scanned, *, num_prompts: int, n: int, k: int) -> list[ParsedCompletion]:
-    """Completions choices of a stripped body (each top_logprobs list replaced by its ordinal) and their rows."""
-    choices = scan.data["choices"]
-    if type(choices) is not list or len(choices) != num_prompts * n:
-        raise Fallback
-    topk_ids, topk_lps, bounds = scan.topk_ids, scan.topk_lps, scan.bounds
-    lengths: list[int] = []
-    sampled_ids: list[Any] = []
-    sampled_lps: list[Any] = []
-    rows: list[int | None] = []
-    for choice in choices:
-        logprobs = choice.get("logprobs")
-        if not logprobs or type(logprobs) is not dict:
-            raise Fallback
-        keys = logprobs["tokens"]
-        token_ids = choice.get("token_ids")
-        ids = keys if token_ids is None else token_ids
-        values = logprobs["token_logprobs"]
-        if not (type(ids) is list and type(values) is list and len(ids) == len(values)):
-            raise Fallback
-        top = logprobs.get("top_logprobs")
-        if top is None:
-            if type(keys) is not list or len(keys) != len(ids):
-                raise Fallback
-            rows.append(None)
-        elif type(top) is int and bounds[top + 1] - bounds[top] == len(ids):
-            rows.append(top)
-        elif type(top) is int and bounds[top + 1] == bounds[top]:
-            rows.append(None)  # an empty list reads like a missing one
-        else:
-            raise Fallback
-        if token_ids is None:
-            ids = [_lookup_id(key) for key in keys]
-        lengths.append(len(ids))
-        sampled_ids.extend(ids)
-        sampled_lps.extend(values)
-    scan.check_all_used([r for r in rows if r is not None])
-    all_ids = np.asarray(sampled_ids, dtype=np.int32)
-    all_lps = _logprobs(sampled_lps).astype(np.float32)
-    out: list[ParsedCompletion] = []
-    at = 0
-    for choice, region, length in zip(choices, rows, lengths, strict=True):
-        if region is None:
-            c_ids = np.full((length, k), MISSING_ID, dtype=np.int32)
-            c_lps = np.full((length, k), -np.inf, dtype=np.float32)
-        else:
-            c_ids = topk_ids[bounds[region] : bounds[region + 1]]
-            c_lps = topk_lps[bounds[region] : bounds[region + 1]]
-        index = int(choice["index"])
-        out.append(
-            ParsedCompletion(
-                prompt_index=index // n,
-                sample_index=index % n,
-                text=choice.get("text") or "",
-                finish_reason=choice.get("finish_reason"),
-                arrays=TopKArrays(all_ids[at : at + length], all_lps[at : at + length], c_ids, c_lps),
-                prompt_token_ids=choice.get("prompt_token_ids"),
-            )
-        )
-        at += length
-    return out
-
-
-def _logprobs(values: list[Any]) -> npt.NDArray[np.float64]:
+def logprobs_array(values: list[Any]) -> npt.NDArray[np.float64]:
     """Logprobs as float64, with None and the chat's -9999 (or below) as -inf."""
     array = np.array(values)
     if array.ndim != 1:
@@ -249,7 +69,7 @@ def _logprobs(values: list[Any]) -> npt.NDArray[np.float64]:
 
 def _ids(keys: Iterable[str], count: int) -> npt.NDArray[np.int64]:
     """Ids of `count` "token_id:N" keys; ids outside int32 go to the reference path (which raises)."""
-    ids = np.fromiter(map(_lookup_id, keys), dtype=np.int64, count=count)
+    ids = np.fromiter(map(lookup_id, keys), dtype=np.int64, count=count)
     if ids.size and (int(ids.max()) >= _INT32.max or int(ids.min()) < _INT32.min):
         raise Fallback
     return ids
@@ -344,21 +164,21 @@ def fast_completions(choices: list[Any], *, n: int, k: int) -> list[ParsedComple
         if not (len(ids) == len(values) == len(top)):
             raise Fallback
         if token_ids is None:
-            ids = [_lookup_id(key) for key in keys]
+            ids = [lookup_id(key) for key in keys]
         lengths.append(len(ids))
         sampled_ids.extend(ids)
         sampled_lps.extend(values)
         tops.extend(top)
-    positions = [p or _EMPTY for p in tops]
+    positions = [p or EMPTY for p in tops]
     if any(type(p) is not dict for p in positions):
         raise Fallback
     counts = np.fromiter(map(len, positions), dtype=np.int64, count=len(positions))
     total = int(counts.sum())
     cand_ids = _ids(chain.from_iterable(positions), total)
-    cand_lps = _logprobs(list(chain.from_iterable(map(dict.values, positions))))
+    cand_lps = logprobs_array(list(chain.from_iterable(map(dict.values, positions))))
     topk_ids, topk_lps = _rank(counts, cand_ids, cand_lps, k)
     all_ids = np.asarray(sampled_ids, dtype=np.int32)
-    all_lps = _logprobs(sampled_lps).astype(np.float32)
+    all_lps = logprobs_array(sampled_lps).astype(np.float32)
     out: list[ParsedCompletion] = []
     for choice, rows in zip(choices, _split(len(positions), lengths), strict=True):
         index = int(choice["index"])
@@ -398,14 +218,14 @@ def fast_chat(
         raise Fallback
     sampled = _ids(map(_get_token, entries), len(entries)).astype(np.int32)
     all_ids = np.asarray(given_ids, dtype=np.int32) if with_ids else sampled
-    all_lps = _logprobs(list(map(_get_logprob, entries))).astype(np.float32)
+    all_lps = logprobs_array(list(map(_get_logprob, entries))).astype(np.float32)
     positions = [e.get("top_logprobs") or [] for e in entries]
     if any(type(p) is not list for p in positions):
         raise Fallback
     counts = np.fromiter(map(len, positions), dtype=np.int64, count=len(positions))
     candidates = list(chain.from_iterable(positions))
     cand_ids = _ids(map(_get_token, candidates), len(candidates))
-    cand_lps = _logprobs(list(map(_get_logprob, candidates)))
+    cand_lps = logprobs_array(list(map(_get_logprob, candidates)))
     topk_ids, topk_lps = _rank(counts, cand_ids, cand_lps, k)
     if k > 0 and requested_top == k:
         last_is_sampled = topk_ids[:, k - 1] == sampled

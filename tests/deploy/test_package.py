@@ -28,7 +28,7 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(empty_postgres: str, 
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     for name in ("app", "distillery_tools", "distillery_student", "migrations"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     pip = (sys.executable, "-m", "pip")
     run(*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source, cwd=tmp_path)
     wheel = next(tmp_path.glob("distillery-*.whl"))
@@ -46,6 +46,9 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(empty_postgres: str, 
     env.update(DISTILLERY_DATABASE_URL=empty_postgres, DISTILLERY_DATA_DIR=str(tmp_path / "data"))
     where = run(python, "-c", "import app; print(app.__file__)", cwd=tmp_path, env=env)
     assert where.startswith(str(venv)), where
+    # The wheel built the top-k scanner (app/teachers/_scan.c) itself: the ingest path's speed depends on it.
+    scanner = run(python, "-c", "from app.teachers import _scan; print(_scan.__file__)", cwd=tmp_path, env=env)
+    assert scanner.startswith(str(venv)), scanner
     out = run(venv / "bin" / "distillery", "db", "upgrade", cwd=tmp_path, env=env)
     assert "schema at head" in out and "postgres@127.0.0.1" in out
     heads = sorted(p.name.split("_")[0] for p in (ROOT / "migrations" / "versions").glob("[0-9]*.py"))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.teachers import parsing, parsing_fast
+from app.teachers import parsing, parsing_scan
 from app.teachers.parsing import TeacherResponseError, parse_chat, parse_completions
 from bench.replay_teacher import DEFAULT_RECORDING, Responder, load_recording
 from tests.bench.test_parse_equivalence import _reference_chat, _reference_completions, _same
@@ -24,7 +24,7 @@ from tests.bench.test_parse_equivalence import _reference_chat, _reference_compl
 
 def test_the_scanner_is_built() -> None:
     # optional = true in pyproject: a failed build would otherwise only show as a slower service.
-    assert parsing_fast._scan is not None, "app/teachers/_scan.c is not built: run `pip install -e .`"
+    assert parsing_scan._scan is not None, "app/teachers/_scan.c is not built: run `pip install -e .`"
 
 
 def test_recorded_bodies_take_the_scanner_path() -> None:
@@ -32,14 +32,14 @@ def test_recorded_bodies_take_the_scanner_path() -> None:
     request = {"model": responder.model, "prompt": ["a"] * 64, "max_tokens": 128, "logprobs": 20}
     status, body = responder.handle("POST", "/v1/completions", orjson.dumps(request))
     assert status == 200
-    scanned = parsing_fast.scanned_completions(body, num_prompts=64, n=1, k=20)
+    scanned = parsing_scan.scanned_completions(body, num_prompts=64, n=1, k=20)
     assert scanned is not None
     _same(sorted(scanned, key=lambda c: c.prompt_index), _reference_completions(body, n=1, k=20))
     chat = {"model": responder.model, "messages": [], "max_tokens": 128, "logprobs": True, "top_logprobs": 20, "n": 2}
     status, body = responder.handle("POST", "/v1/chat/completions", orjson.dumps(chat))
     assert status == 200
     for top, k in ((20, 20), (20, 19), (20, 5)):
-        got = parsing_fast.scanned_chat(body, n=2, k=k, requested_top=top)
+        got = parsing_scan.scanned_chat(body, n=2, k=k, requested_top=top)
         assert got is not None
         _same(got, _reference_chat(body, k=k, top=top))
 
@@ -59,7 +59,7 @@ def _completions_body(tops: list[str], *, text: str = "t") -> bytes:
 
 def _both(body: bytes, k: int) -> tuple[Any, Any]:
     """The scanner's answer (None if it declined) and the reference path's."""
-    return parsing_fast.scanned_completions(body, num_prompts=1, n=1, k=k), _reference_completions(body, n=1, k=k)
+    return parsing_scan.scanned_completions(body, num_prompts=1, n=1, k=k), _reference_completions(body, n=1, k=k)
 
 
 def test_text_that_looks_like_a_list_is_left_alone() -> None:
@@ -83,7 +83,7 @@ def test_text_that_looks_like_a_list_is_left_alone() -> None:
 )
 def test_bodies_outside_the_grammar_go_the_reference_way(top: str) -> None:
     body = _completions_body([top])
-    assert parsing_fast.scanned_completions(body, num_prompts=1, n=1, k=2) is None
+    assert parsing_scan.scanned_completions(body, num_prompts=1, n=1, k=2) is None
     try:
         expected = _reference_completions(body, n=1, k=2)
     except (ValueError, OverflowError) as exc:
@@ -96,7 +96,7 @@ def test_bodies_outside_the_grammar_go_the_reference_way(top: str) -> None:
 def test_non_json_numbers_are_the_reference_errors() -> None:
     for value in ("-Infinity", "NaN", "-1.", ".5", "--1", "1e"):
         body = _completions_body([f'{{"token_id:2": {value}}}'])
-        assert parsing_fast.scanned_completions(body, num_prompts=1, n=1, k=1) is None
+        assert parsing_scan.scanned_completions(body, num_prompts=1, n=1, k=1) is None
         with pytest.raises(TeacherResponseError, match="not JSON"):
             parse_completions(body, num_prompts=1, n=1, k=1)
 
@@ -160,7 +160,7 @@ def test_chat_entries_with_other_keys_nulls_and_key_orders() -> None:
     choice = {"index": 0, "message": {"role": "assistant", "content": "abc"}, "logprobs": {"content": content}}
     body = orjson.dumps({"choices": [choice], "prompt_token_ids": [1]})
     for k, top in ((1, 1), (1, 2), (0, 0)):
-        got = parsing_fast.scanned_chat(body, n=1, k=k, requested_top=top)
+        got = parsing_scan.scanned_chat(body, n=1, k=k, requested_top=top)
         assert got is not None
         _same(got, _reference_chat(body, k=k, top=top))
 
@@ -169,7 +169,7 @@ def test_chat_outside_the_grammar_goes_the_reference_way() -> None:
     entry = {"token": "token_id:3", "logprob": -0.5, "top_logprobs": [{"token": "token_id:3"}]}  # no logprob
     choice = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": [entry]}}
     body = orjson.dumps({"choices": [choice]})
-    assert parsing_fast.scanned_chat(body, n=1, k=1, requested_top=1) is None
+    assert parsing_scan.scanned_chat(body, n=1, k=1, requested_top=1) is None
     with pytest.raises(KeyError):
         parse_chat(body, n=1, k=1, requested_top=1)
 
@@ -226,8 +226,8 @@ def test_a_number_where_a_list_was_expected_is_not_taken_for_an_ordinal() -> Non
     good = {"index": 0, "message": {"content": "x"}, "logprobs": {"content": [entry]}}
     odd = {"index": 1, "message": {"content": "y"}, "logprobs": {"content": 0}}
     body = orjson.dumps({"choices": [good, odd]})
-    assert parsing_fast.scanned_chat(body, n=2, k=1, requested_top=1) is None
+    assert parsing_scan.scanned_chat(body, n=2, k=1, requested_top=1) is None
     with pytest.raises(TypeError):  # the reference path's own error
         parse_chat(body, n=2, k=1, requested_top=1)
     body = _completions_body(['{"token_id:2": -0.5}']).replace(b'"top_logprobs":[', b'"top_logprobs":0,"x":[')
-    assert parsing_fast.scanned_completions(body, num_prompts=1, n=1, k=1) is None
+    assert parsing_scan.scanned_completions(body, num_prompts=1, n=1, k=1) is None
