@@ -89,6 +89,7 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
             Job.priority,
             Job.created_at,
             Job.last_claimed_at,
+            Job.total_items - Job.done_items - Job.failed_items - Job.cancelled_items,
         )
         .join(Project, Project.id == Job.project_id)
         .where(Job.teacher == teacher, Job.status.in_(("queued", "running")), has_queued)
@@ -97,11 +98,11 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
         stmt = stmt.where(Job.last_claimed_at.is_(None))
     rows = await session.execute(stmt)
     jobs = []
-    for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed in rows.all():
+    for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed, pending in rows.all():
         info = info or {}
         spec = JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=info.get("max_logprobs"))
         identity = tuple(info.get(f) for f in IDENTITY_FIELDS)
-        jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity))
+        jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity, int(pending)))
     return jobs
 
 

@@ -44,6 +44,7 @@ class RunnableJob:
     created_at: datetime
     last_claimed_at: datetime | None
     identity: tuple[object, ...] = field(default=())
+    pending: int = 0  # items neither done, failed nor cancelled (queued, or in flight somewhere)
 
 
 @dataclass(frozen=True, slots=True)
