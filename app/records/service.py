@@ -120,6 +120,17 @@ async def result_chunks(
         after = (rows[-1].item_id, rows[-1].sample_index)
 
 
+def export_headers(job: Job) -> dict[str, str]:
+    """The job's state as an export starts: a file of a job not yet final is a snapshot, not the dataset."""
+    pending = job.total_items - job.done_items - job.failed_items - job.cancelled_items
+    return {
+        "x-distillery-job-status": job.status,
+        "x-distillery-items-total": str(job.total_items),
+        "x-distillery-items-done": str(job.done_items),
+        "x-distillery-items-pending": str(pending),
+    }
+
+
 async def stream_export(
     database: Database, job_id: uuid.UUID, exporter: Exporter, *, chunk_rows: int, chunk_bytes: int
 ) -> AsyncIterator[bytes]:

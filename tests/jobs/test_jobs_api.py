@@ -66,6 +66,9 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
 
     data = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "parquet"})
     assert data.status_code == 200
+    assert data.headers["x-distillery-job-status"] == "completed"
+    assert data.headers["x-distillery-items-done"] == data.headers["x-distillery-items-total"] == str(len(RAW))
+    assert data.headers["x-distillery-items-pending"] == "0"
     table = pq.read_table(io.BytesIO(data.content))
     assert table.num_rows == len(RAW)
     rows = table.to_pylist()
@@ -231,6 +234,11 @@ def test_cancel_stops_dispatch(api: httpx.Client) -> None:
     assert counts["done"] + counts["failed"] + counts["cancelled"] == 400
     assert counts["done"] <= 4 * 32, "more than the in-flight batches (4 x 32) were sent"
     assert len(all_records(api, job["id"], limit=1000)) == counts["done"]
+    export = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "jsonl"})
+    assert export.headers["x-distillery-job-status"] == "cancelled"
+    assert export.headers["x-distillery-items-done"] == str(counts["done"])
+    assert export.headers["x-distillery-items-total"] == "400"
+    assert len(export.content.splitlines()) == counts["done"]
 
 
 def test_list_jobs_pages(api: httpx.Client) -> None:
