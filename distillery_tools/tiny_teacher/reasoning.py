@@ -38,11 +38,15 @@ REASONING_CHAT_TEMPLATE = (
     "{% endif %}"
     "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
     "{% endfor %}"
+    "{% if enable_thinking is defined and enable_thinking is not boolean %}"
+    "{{ raise_exception('enable_thinking must be true or false') }}"
+    "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% else %}<think>{% endif %}"
     "{% endif %}"
 )
-"""The default template, whose generation prompt also opens the think block (or closes it at once)."""
+"""The default template, whose generation prompt also opens the think block (or closes it at once); an
+enable_thinking that is not a boolean is refused, as a template error."""
 
 WORDS = [
     "apple",

@@ -149,3 +149,14 @@ def test_enable_thinking_false_changes_the_prompt_and_the_recorded_rendering(
     assert off_info["rendered_chat_template_fingerprint"] != on_info["rendered_chat_template_fingerprint"]
     assert off_info["chat_template_fingerprint"] == on_info["chat_template_fingerprint"], "the teacher is the same"
     assert off["params"]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_kwargs_the_template_refuses_are_a_422_naming_the_field(api: httpx.Client, reasoning_service: Service) -> None:
+    before = [j["id"] for j in api.get("/v1/jobs").json()["jobs"]]
+    body = {"teacher": "tiny", "params": {"chat_template_kwargs": {"enable_thinking": "no"}}, "prompts": CHATS[:1]}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "params", "chat_template_kwargs"]
+    assert "enable_thinking must be true or false" in error["msg"]
+    assert [j["id"] for j in api.get("/v1/jobs").json()["jobs"]] == before, "no job is left behind"
