@@ -215,6 +215,8 @@ class Result(Base):
     token_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
     topk_ids: Mapped[bytes] = mapped_column(LargeBinary)
     topk_logprobs: Mapped[bytes] = mapped_column(LargeBinary)
+    # Index in token_ids of the first answer token after the teacher's end-of-reasoning token (null: none).
+    answer_start: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
         UniqueConstraint("item_id", "sample_index", name="uq_results_item_sample"),

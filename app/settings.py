@@ -35,6 +35,12 @@ class TeacherConfig(BaseModel):
     read_server_metrics: bool = Field(
         default=True, description="Steer in-flight by the replica's /metrics (vLLM's running and waiting counts)."
     )
+    reasoning_end_token: str | None = Field(
+        default="</think>",
+        max_length=64,
+        description="The marker ending a reasoning teacher's thinking; each result records where the answer "
+        "starts after it, when the teacher's tokenizer has it as one token. None: never look for one.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -33,10 +33,10 @@ from app.jobs.service import (
     line_error,
     new_job,
     parse_line,
-    teacher_info_for,
     to_reads,
 )
 from app.jobs.sweeping import let_writers_in, purge_now
+from app.jobs.teacher_info import teacher_info_for
 from app.models import Job, utcnow
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry

@@ -40,6 +40,7 @@ def export_row(job_id: uuid.UUID, row: Row[Any]) -> ExportRow:
         finish_reason=row.finish_reason,
         prompt_token_ids=None if row.prompt_token_ids is None else unpack_ids(row.prompt_token_ids),
         arrays=decoder.decode(packed),
+        answer_start=row.answer_start,
     )
 
 
@@ -62,6 +63,7 @@ def to_record(row: ExportRow, prompt_tokens: int) -> Record:
         top_logprobs_ids=a.topk_ids.tolist(),
         top_logprobs=[_finite(r) for r in a.topk_logprobs],
         prompt_token_ids=None if row.prompt_token_ids is None else row.prompt_token_ids.tolist(),
+        answer_start=row.answer_start,
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=a.num_tokens),
     )
 

@@ -75,7 +75,10 @@ class TeacherCalls:
             if raw:
                 units.append(self._run_completions(hold, spec, raw))
             units.extend(self._run_chat(hold, spec, item) for item in chat)
-        return [o for unit in await asyncio.gather(*units) for o in unit]
+        outcomes = [o for unit in await asyncio.gather(*units) for o in unit]
+        for outcome in outcomes:
+            outcome.reasoning_end_token_id = spec.reasoning_end_token_id
+        return outcomes
 
     async def _guarded(
         self,

@@ -100,7 +100,15 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
     jobs = []
     for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed, pending in rows.all():
         info = info or {}
-        spec = JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=info.get("max_logprobs"))
+        spec = JobSpec(
+            id=job_id,
+            kind=kind,
+            params=params,
+            k=k,
+            n=n,
+            max_logprobs=info.get("max_logprobs"),
+            reasoning_end_token_id=info.get("reasoning_end_token_id"),
+        )
         identity = tuple(info.get(f) for f in IDENTITY_FIELDS)
         jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity, int(pending)))
     return jobs

@@ -31,6 +31,7 @@ class JobSpec:
     k: int
     n: int
     max_logprobs: int | None
+    reasoning_end_token_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +65,4 @@ class ItemOutcome:
     reason: str | None = None  # why it goes back to the queue; kept in its failure once out of attempts
     transient: bool = False  # the teacher could not be reached or was busy: the attempt is refunded in an outage
     resent: bool = False  # sent again alone in this claim after its batch's answer was unreadable: one more attempt
+    reasoning_end_token_id: int | None = None  # the job teacher's end-of-thinking id: where answers start

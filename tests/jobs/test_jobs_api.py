@@ -55,6 +55,7 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
     assert job["teacher_info"]["logprobs_mode"] == "raw_logprobs"
     assert job["teacher_info"]["tokenizer_fingerprint"].startswith("tok-")
     assert job["teacher_info"]["chat_template_fingerprint"].startswith("chat-")
+    assert job["teacher_info"]["reasoning_end_token_id"] is None, "the code teacher has no </think> token"
     assert job["started_at"] and job["finished_at"]
     records = all_records(api, job["id"], limit=2)
     assert [r["custom_id"] for r in records] == [p["custom_id"] for p in RAW]
@@ -77,6 +78,7 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
         assert row["item_id"] == record["item_id"]
         assert row["tokenizer_fingerprint"] == job["teacher_info"]["tokenizer_fingerprint"]
         assert row["token_ids"] == record["token_ids"]
+        assert row["answer_start"] is None and record["answer_start"] is None
         assert row["topk_ids"] == record["top_logprobs_ids"]
         assert orjson.loads(row["metadata"]) == record["metadata"]
     lineage = orjson.loads(table.schema.metadata[b"distillery"])
