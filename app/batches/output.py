@@ -1,0 +1,159 @@
+"""A batch's output and error files, rendered line by line from the job's stored items and results.
+
+Nothing is materialized: `GET /v1/files/{id}/content` streams lines straight from the database, a page of
+items per read-only transaction. Output bodies take the endpoint's own shape, with logprobs built from the
+stored top-k (tokens as "token_id:N", vLLM's form with return_tokens_as_token_ids)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batches import repository
+from app.batches.schemas import CHAT_URL
+from app.codecs.topk import MISSING_ID, PackedTopK, TopKArrays, codec_for
+from app.database import Database
+
+PAGE_ITEMS = 256
+OUTPUT_STATUSES = ("done",)
+ERROR_STATUSES = ("failed", "cancelled")
+
+
+def token(token_id: int) -> str:
+    return f"token_id:{token_id}"
+
+
+def _arrays(row: Row[Any]) -> TopKArrays:
+    packed = PackedTopK(
+        codec=row.codec,
+        num_tokens=row.num_tokens,
+        k=row.k,
+        token_ids=row.token_ids,
+        token_logprobs=row.token_logprobs,
+        topk_ids=row.topk_ids,
+        topk_logprobs=row.topk_logprobs,
+    )
+    return codec_for(row.codec).decode(packed)
+
+
+def _candidates(ids: Any, logprobs: Any, k: int) -> list[tuple[int, float]]:
+    return [(int(i), float(lp)) for i, lp in zip(ids[:k], logprobs[:k], strict=True) if int(i) != MISSING_ID]
+
+
+def completions_logprobs(arrays: TopKArrays, k: int) -> dict[str, Any]:
+    """/v1/completions' logprobs: tokens, token_logprobs, and per position a dict of the top k. There is
+    no text_offset: with tokens as ids, vLLM's own offsets mean nothing either."""
+    return {
+        "tokens": [token(int(t)) for t in arrays.token_ids],
+        "token_logprobs": [float(lp) for lp in arrays.token_logprobs],
+        "top_logprobs": [
+            {token(i): lp for i, lp in _candidates(ids, lps, k)}
+            for ids, lps in zip(arrays.topk_ids, arrays.topk_logprobs, strict=True)
+        ],
+        "text_offset": None,
+    }
+
+
+def chat_logprobs(arrays: TopKArrays, k: int) -> dict[str, Any]:
+    """/v1/chat/completions' logprobs: per position the token, its logprob and the top k as a list."""
+    return {
+        "content": [
+            {
+                "token": token(int(t)),
+                "logprob": float(lp),
+                "bytes": None,
+                "top_logprobs": [{"token": token(i), "logprob": c, "bytes": None} for i, c in _candidates(ids, lps, k)],
+            }
+            for t, lp, ids, lps in zip(
+                arrays.token_ids, arrays.token_logprobs, arrays.topk_ids, arrays.topk_logprobs, strict=True
+            )
+        ],
+        "refusal": None,
+    }
+
+
+def response_body(row: Row[Any], *, chat: bool, model: str, created: int, logprobs: int | None) -> dict[str, Any]:
+    """The endpoint's answer for one stored completion; logprobs only where the line asked (its own k)."""
+    rendered = None
+    if logprobs is not None:
+        arrays = _arrays(row)
+        rendered = chat_logprobs(arrays, logprobs) if chat else completions_logprobs(arrays, logprobs)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": row.finish_reason, "logprobs": rendered}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": row.text}
+    else:
+        choice["text"] = row.text
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{row.id}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.num_tokens,
+            "total_tokens": row.prompt_tokens + row.num_tokens,
+        },
+    }
+
+
+def error_line(row: Row[Any]) -> dict[str, Any]:
+    """A request that failed (the teacher's message) or never ran (the batch was cancelled)."""
+    line: dict[str, Any] = {"id": f"batch_req_{row.id}", "custom_id": row.custom_id, "response": None, "error": None}
+    if row.status == "failed":
+        error = {"message": row.error or "failed", "type": "invalid_request_error", "param": None, "code": None}
+        line["response"] = {"status_code": 400, "request_id": f"req_{row.id}", "body": {"error": error}}
+    else:
+        line["error"] = {"code": "batch_cancelled", "message": "the batch was cancelled before this request ran"}
+    return line
+
+
+async def _page(session: AsyncSession, *, job_id: uuid.UUID, statuses: tuple[str, ...], after: int) -> list[Row[Any]]:
+    return await repository.output_page(session, job_id, statuses, after=after, limit=PAGE_ITEMS)
+
+
+async def stream_lines(
+    database: Database,
+    job_id: uuid.UUID,
+    *,
+    endpoint: str,
+    model: str,
+    created: int,
+    variant_logprobs: list[int | None],
+    errors: bool,
+) -> AsyncIterator[bytes]:
+    """The output file (errors=False) or the error file, a page of items at a time."""
+    statuses = ERROR_STATUSES if errors else OUTPUT_STATUSES
+    chat = endpoint == CHAT_URL
+    after = -1
+    while True:
+        rows = await database.run(
+            functools.partial(_page, job_id=job_id, statuses=statuses, after=after), readonly=True
+        )
+        if not rows:
+            return
+        chunk = bytearray()
+        for row in rows:
+            if errors:
+                line = error_line(row)
+            else:
+                asked = variant_logprobs[row.variant or 0] if variant_logprobs else None
+                body = response_body(row, chat=chat, model=model, created=created, logprobs=asked)
+                line = {
+                    "id": f"batch_req_{row.id}",
+                    "custom_id": row.custom_id,
+                    "response": {"status_code": 200, "request_id": f"req_{row.id}", "body": body},
+                    "error": None,
+                }
+            chunk += orjson.dumps(line)
+            chunk += b"\n"
+        yield bytes(chunk)
+        after = rows[-1].seq
+        if len(rows) < PAGE_ITEMS:
+            return
