@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from app.batches.schemas import CHAT_URL
+from app.batches.schemas import CHAT_URL, COMPLETIONS_URL
 from app.jobs.schemas import GenerationParams, PromptRecord
 
 # Body fields with a meaning of their own in the OpenAI request; every other one must be a GenerationParams
@@ -46,7 +46,9 @@ class BatchLine:
     logprobs: int | None
 
 
-def parse_line(raw: bytes, endpoint: str) -> BatchLine:
+def parse_line(raw: bytes) -> BatchLine:
+    """The line's request; its url may be either endpoint, whatever the batch's own `endpoint` says (a
+    chat line becomes a `messages` item, a completions line a `prompt` item)."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -60,12 +62,12 @@ def parse_line(raw: bytes, endpoint: str) -> BatchLine:
         raise LineError("invalid_request", "custom_id must be a string of 1 to 256 characters", "custom_id")
     if line.get("method") != "POST":
         raise LineError("invalid_request", f"method must be POST, not {line.get('method')!r}", "method")
-    if line.get("url") != endpoint:
-        raise LineError("invalid_url", f"url {line.get('url')!r} is not the batch's endpoint {endpoint!r}", "url")
+    if line.get("url") not in (CHAT_URL, COMPLETIONS_URL):
+        raise LineError("invalid_url", f"url {line.get('url')!r} is neither {CHAT_URL} nor {COMPLETIONS_URL}", "url")
     body = line.get("body")
     if not isinstance(body, dict):
         raise LineError("invalid_request", "body must be a JSON object", "body")
-    return _parse_body(custom_id, body, chat=endpoint == CHAT_URL)
+    return _parse_body(custom_id, body, chat=line["url"] == CHAT_URL)
 
 
 def _parse_body(custom_id: str, body: dict[str, Any], *, chat: bool) -> BatchLine:

@@ -16,7 +16,6 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches import repository
-from app.batches.schemas import CHAT_URL
 from app.codecs.topk import MISSING_ID, PackedTopK, TopKArrays, codec_for
 from app.database import Database
 
@@ -122,7 +121,6 @@ async def stream_lines(
     database: Database,
     job_id: uuid.UUID,
     *,
-    endpoint: str,
     model: str,
     created: int,
     variant_logprobs: list[int | None],
@@ -130,7 +128,6 @@ async def stream_lines(
 ) -> AsyncIterator[bytes]:
     """The output file (errors=False) or the error file, a page of items at a time."""
     statuses = ERROR_STATUSES if errors else OUTPUT_STATUSES
-    chat = endpoint == CHAT_URL
     after = -1
     while True:
         rows = await database.run(
@@ -144,7 +141,7 @@ async def stream_lines(
                 line = error_line(row)
             else:
                 asked = variant_logprobs[row.variant or 0] if variant_logprobs else None
-                body = response_body(row, chat=chat, model=model, created=created, logprobs=asked)
+                body = response_body(row, chat=bool(row.chat), model=model, created=created, logprobs=asked)
                 line = {
                     "id": f"batch_req_{row.id}",
                     "custom_id": row.custom_id,

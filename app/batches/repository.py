@@ -20,6 +20,7 @@ OUTPUT_COLUMNS: tuple[Any, ...] = (
     Item.status,
     Item.error,
     Item.variant,
+    Item.prompt.is_(None).label("chat"),  # a chat item has messages instead (JSON: NULL or "null")
     Result.text,
     Result.finish_reason,
     Result.num_tokens,

@@ -109,9 +109,7 @@ async def _lines(path: Path, settings: Settings) -> AsyncIterator[tuple[int, byt
         reader.close()
 
 
-async def _validate(
-    path: Path, endpoint: str, registry: TeacherRegistry, settings: Settings
-) -> tuple[_Plan, list[BatchError]]:
+async def _validate(path: Path, registry: TeacherRegistry, settings: Settings) -> tuple[_Plan, list[BatchError]]:
     """Read every line once: the plan, and the errors (each naming its line; the first MAX_REPORTED_ERRORS)."""
     plan = _Plan(variants={}, params=[], asked=[])
     errors: list[BatchError] = []
@@ -125,7 +123,7 @@ async def _validate(
         async for lineno, raw in _lines(path, settings):
             plan.lines += 1
             try:
-                line = parse_line(raw, endpoint)
+                line = parse_line(raw)
                 _check_teacher(plan, line, lineno, registry)
                 problem = checker.check(line.record, f"line {lineno}")
                 if problem is not None:
@@ -194,7 +192,7 @@ async def create_batch(
 
     batch, path = await database.run(start)
     try:
-        plan, errors = await _validate(path, body.endpoint, registry, settings)
+        plan, errors = await _validate(path, registry, settings)
         if not errors:
             job = await _load(database, registry, settings, batch, plan, path)
     except ApiError as exc:
@@ -234,7 +232,7 @@ async def _load(
     async def rows() -> AsyncIterator[dict[str, Any]]:
         seq = 0
         async for _, raw in _lines(path, settings):
-            line = parse_line(raw, batch.endpoint)
+            line = parse_line(raw)
             row = jobs_service.item_row(job, seq, line.record)
             if several:
                 row["variant"] = seen.variant_of(line)

@@ -59,7 +59,6 @@ def _stream(database: DatabaseDep, batch: Batch, job: Job, errors: bool) -> Asyn
     return batch_output.stream_lines(
         database,
         job.id,
-        endpoint=batch.endpoint,
         model=job.teacher,
         created=int(job.created_at.timestamp()),
         variant_logprobs=batch.variant_logprobs,
