@@ -345,7 +345,7 @@ async def cancel_batch(session: AsyncSession, public: str, project_id: uuid.UUID
     if job.status in ("queued", "running", "loading"):
         job = await jobs_service.cancel_job(session, job.id, project_id, batch_rows=batch_rows)
         batch.cancelling_at = utcnow()
-        await repository.set_batch(session, batch.id, cancelling_at=batch.cancelling_at)
+        await session.flush()
     return await to_object(session, batch, job)
 
 
