@@ -102,14 +102,16 @@ def response_body(row: Row[Any], *, chat: bool, model: str, created: int, logpro
     }
 
 
-def error_line(row: Row[Any]) -> dict[str, Any]:
-    """A request that failed (the teacher's message) or never ran (the batch was cancelled)."""
+def error_line(row: Row[Any], unrun: str) -> dict[str, Any]:
+    """A request that failed (the teacher's message) or never ran (`unrun`: batch_cancelled or
+    batch_expired)."""
     line: dict[str, Any] = {"id": f"batch_req_{row.id}", "custom_id": row.custom_id, "response": None, "error": None}
     if row.status == "failed":
         error = {"message": row.error or "failed", "type": "invalid_request_error", "param": None, "code": None}
         line["response"] = {"status_code": 400, "request_id": f"req_{row.id}", "body": {"error": error}}
     else:
-        line["error"] = {"code": "batch_cancelled", "message": "the batch was cancelled before this request ran"}
+        why = "expired" if unrun == "batch_expired" else "was cancelled"
+        line["error"] = {"code": unrun, "message": f"the batch {why} before this request ran"}
     return line
 
 
@@ -125,6 +127,7 @@ async def stream_lines(
     created: int,
     variant_logprobs: list[int | None],
     errors: bool,
+    unrun: str = "batch_cancelled",
 ) -> AsyncIterator[bytes]:
     """The output file (errors=False) or the error file, a page of items at a time."""
     statuses = ERROR_STATUSES if errors else OUTPUT_STATUSES
@@ -138,7 +141,7 @@ async def stream_lines(
         chunk = bytearray()
         for row in rows:
             if errors:
-                line = error_line(row)
+                line = error_line(row, unrun)
             else:
                 asked = variant_logprobs[row.variant or 0] if variant_logprobs else None
                 body = response_body(row, chat=bool(row.chat), model=model, created=created, logprobs=asked)

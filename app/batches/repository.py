@@ -67,6 +67,18 @@ async def set_batch(session: AsyncSession, batch_id: uuid.UUID, **values: Any) -
     await session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
 
 
+async def batches_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(batch, job) of running batches past their completion window, their rows locked."""
+    stmt = (
+        select(Batch.id, Job.id)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Batch.status.is_(None), Batch.expires_at < now, Job.status.in_(("queued", "running")))
+        .limit(limit)
+        .with_for_update(of=Batch, skip_locked=True)
+    )
+    return [(batch_id, job_id) for batch_id, job_id in (await session.execute(stmt)).all()]
+
+
 async def input_tokens(session: AsyncSession, job_id: uuid.UUID) -> int:
     """Prompt tokens over the job's stored completions."""
     stmt = select(func.coalesce(func.sum(Result.prompt_tokens), 0)).where(Result.job_id == job_id)

@@ -31,6 +31,7 @@ from app.database import Database
 from app.datasets.storage import LocalStorage
 from app.errors import ApiError, not_found
 from app.files import service as files_service
+from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs_service
 from app.jobs.lines import iter_lines
 from app.jobs.loading import LINES_PER_YIELD, JobLoader
@@ -242,6 +243,16 @@ async def _load(
     return await JobLoader(database, settings, job, None).load_rows(rows())
 
 
+async def expire_batches(session: AsyncSession, now: datetime, limit: int) -> int:
+    """Batches past their 24 h window: their jobs cancelled (what is in flight finishes), the batches
+    expired. Their unrun lines go to the error file as batch_expired."""
+    due = await repository.batches_to_expire(session, now, limit)
+    for batch_id, job_id in due:
+        await jobs_repository.start_cancel(session, job_id)
+        await repository.set_batch(session, batch_id, status="expired", expired_at=now)
+    return len(due)
+
+
 def _status(batch: Batch, job: Job | None) -> BatchStatus:
     if batch.status is not None:
         return cast(BatchStatus, batch.status)
@@ -305,10 +316,10 @@ async def get_batch(session: AsyncSession, public: str, project_id: uuid.UUID) -
     batch = None if batch_id is None else await repository.get_batch(session, batch_id, project_id)
     if batch is None:
         raise not_found("batch", ["path", "batch_id"])
-    if batch.job_id is None:
+    if batch.job_id is None and batch.status is not None:  # validating or failed: no job yet, or never
         return batch, None
-    job = (await repository.jobs_of(session, [batch.job_id])).get(batch.job_id)
-    if job is None:
+    job = None if batch.job_id is None else (await repository.jobs_of(session, [batch.job_id])).get(batch.job_id)
+    if job is None:  # deleted, or purged (its id then set to NULL)
         raise not_found("batch (its job was deleted)", ["path", "batch_id"])
     return batch, job
 
@@ -325,8 +336,8 @@ async def list_batches(session: AsyncSession, project_id: uuid.UUID, *, after: s
         cursor = (last.created_at, last.id)
     rows = await repository.list_batches(session, project_id, limit=limit + 1, after=cursor)
     jobs = await repository.jobs_of(session, [b.job_id for b in rows[:limit] if b.job_id is not None])
-    data = [await to_object(session, b, jobs.get(b.job_id) if b.job_id else None) for b in rows[:limit]]
-    data = [d for d, b in zip(data, rows[:limit], strict=True) if b.job_id is None or b.job_id in jobs]
+    shown = [b for b in rows[:limit] if (b.job_id in jobs if b.job_id is not None else b.status is not None)]
+    data = [await to_object(session, b, jobs.get(b.job_id) if b.job_id else None) for b in shown]
     return BatchPage(
         data=data,
         first_id=data[0].id if data else None,

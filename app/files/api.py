@@ -63,6 +63,7 @@ def _stream(database: DatabaseDep, batch: Batch, job: Job, errors: bool) -> Asyn
         created=int(job.created_at.timestamp()),
         variant_logprobs=batch.variant_logprobs,
         errors=errors,
+        unrun="batch_expired" if batch.status == "expired" else "batch_cancelled",
     )
 
 
