@@ -1,15 +1,22 @@
 """Batches beyond the happy path, through the official openai client on both databases: line-numbered
-validation errors with nothing stored, cancel mid-run, list pagination, and project isolation."""
+validation errors with nothing stored, cancel mid-run, expiry, list pagination, and project isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from datetime import timedelta
 
 import httpx
 import openai
 import orjson
 import pytest
+from sqlalchemy import update
 
+from app.batches import service as batches_service
+from app.database import Database
+from app.models import Batch, utcnow
 from tests.batches.openai_helpers import (
     chat_line,
     completions_line,
@@ -20,7 +27,7 @@ from tests.batches.openai_helpers import (
     wait_batch,
 )
 from tests.conftest import Service
-from tests.helpers import job_count
+from tests.helpers import job_count, wait_done
 
 
 def test_invalid_lines_fail_the_batch_with_line_numbered_errors_and_no_job(service: Service, api: httpx.Client) -> None:
@@ -140,3 +147,37 @@ def test_projects_do_not_see_each_others_files_or_batches(service: Service) -> N
     assert batch.id not in {b.id for b in theirs.batches.list()}
     assert file_id not in {f.id for f in theirs.files.list()}
     assert [line["custom_id"] for line in file_lines(mine, batch.output_file_id)] == ["only"]
+
+
+def test_a_batch_past_its_window_expires_and_its_unrun_lines_say_so(service: Service, api: httpx.Client) -> None:
+    client = openai_client(service)
+    lines = [completions_line(f"x{i}", f"def f{i}(a):", max_tokens=48, ignore_eos=True) for i in range(480)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)), endpoint="/v1/completions", completion_window="24h"
+    )
+    assert batch.status == "in_progress"
+    batch_id = uuid.UUID(hex=batch.id.removeprefix("batch_"))
+
+    async def expire() -> int:
+        database = Database(service.database_url)
+        try:
+            async with database.transaction() as session:
+                await session.execute(
+                    update(Batch).where(Batch.id == batch_id).values(expires_at=utcnow() - timedelta(seconds=1))
+                )
+            return await database.run(lambda s: batches_service.expire_batches(s, utcnow(), 1000))
+        finally:
+            await database.dispose()
+
+    assert asyncio.run(expire()) == 1  # what the maintenance pass runs
+    expired = client.batches.retrieve(batch.id)
+    assert expired.status == "expired" and expired.expired_at is not None
+    job_id = (expired.model_extra or {})["job_id"]
+    wait_done(api, job_id)
+    expired = client.batches.retrieve(batch.id)
+    outputs = file_lines(client, expired.output_file_id)
+    errors = file_lines(client, expired.error_file_id)
+    assert errors and {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert sorted(line["custom_id"] for line in outputs + errors) == sorted(f"x{i}" for i in range(480))
+    with pytest.raises(openai.ConflictError):
+        client.batches.cancel(batch.id)
