@@ -85,7 +85,11 @@ async def get_file(file_id: str, session: SessionDep, database: DatabaseDep, pri
     return service.to_object(await service.get_file(session, file_id, principal.project_id))
 
 
-@router.get("/{file_id}/content", response_class=StreamingResponse)
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}, "application/jsonl": {}}}},
+)
 async def file_content(
     file_id: str, session: SessionDep, database: DatabaseDep, storage: StorageDep, principal: PrincipalDep
 ) -> StreamingResponse:
