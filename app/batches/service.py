@@ -3,19 +3,16 @@ output and error files a batch's job makes (see output.py for their lines)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import repository
-from app.batches.lines import BatchLine, LineError, parse_line
+from app.batches import repository, validation
+from app.batches.lines import parse_line
 from app.batches.schemas import (
     BATCH_PREFIX,
     BatchCreate,
@@ -33,17 +30,13 @@ from app.errors import ApiError, not_found
 from app.files import service as files_service
 from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs_service
-from app.jobs.lines import iter_lines
-from app.jobs.loading import LINES_PER_YIELD, JobLoader
-from app.jobs.schemas import GenerationParams
+from app.jobs.loading import JobLoader
 from app.models import Batch, Job, utcnow
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
 
 COMPLETION_WINDOW = timedelta(hours=24)
-MAX_REPORTED_ERRORS = 100
 OUTPUT_SUFFIX, ERRORS_SUFFIX = "-output", "-errors"
-READ_CHUNK = 1 << 20
 
 
 def public_id(batch_id: uuid.UUID) -> str:
@@ -61,105 +54,6 @@ def parse_id(public: str) -> uuid.UUID | None:
 
 def _ts(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp())
-
-
-class _FileReader:
-    """A stored file read in chunks off the event loop (what iter_lines reads from)."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = path.open("rb")
-
-    async def read(self, size: int = -1) -> bytes:
-        return await asyncio.to_thread(self.file.read, size)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclass
-class _Plan:
-    """What the validating pass learned: the teacher, the distinct parameter sets with the logprobs their
-    lines asked for, and the lines' count."""
-
-    teacher: str | None = None
-    teacher_line: int = 0
-    variants: dict[bytes, int] | None = None
-    params: list[GenerationParams] | None = None
-    asked: list[int | None] | None = None
-    lines: int = 0
-
-    def variant_of(self, line: BatchLine) -> int:
-        assert self.variants is not None and self.params is not None and self.asked is not None
-        key = orjson.dumps([line.params.lineage(), line.logprobs], option=orjson.OPT_SORT_KEYS)
-        if key not in self.variants:
-            self.variants[key] = len(self.params)
-            self.params.append(line.params)
-            self.asked.append(line.logprobs)
-        return self.variants[key]
-
-
-async def _lines(path: Path, settings: Settings) -> AsyncIterator[tuple[int, bytes]]:
-    reader = _FileReader(path)
-    try:
-        async for lineno, line in iter_lines(reader, max_line_bytes=settings.max_upload_line_bytes):
-            if lineno % LINES_PER_YIELD == 0:
-                await asyncio.sleep(0)
-            if line.strip():
-                yield lineno, line
-    finally:
-        reader.close()
-
-
-async def _validate(path: Path, registry: TeacherRegistry, settings: Settings) -> tuple[_Plan, list[BatchError]]:
-    """Read every line once: the plan, and the errors (each naming its line; the first MAX_REPORTED_ERRORS)."""
-    plan = _Plan(variants={}, params=[], asked=[])
-    errors: list[BatchError] = []
-    checker = jobs_service.RecordChecker(settings, "generate")
-
-    def report(lineno: int | None, error: LineError) -> None:
-        if len(errors) < MAX_REPORTED_ERRORS:
-            errors.append(BatchError(code=error.code, message=error.message, param=error.param, line=lineno))
-
-    try:
-        async for lineno, raw in _lines(path, settings):
-            plan.lines += 1
-            try:
-                line = parse_line(raw)
-                _check_teacher(plan, line, lineno, registry)
-                problem = checker.check(line.record, f"line {lineno}")
-                if problem is not None:
-                    field = ".".join(str(p) for p in problem[0])
-                    code = "duplicate_custom_id" if field == "custom_id" else "invalid_request"
-                    raise LineError(code, problem[1], field or None)
-            except LineError as error:
-                report(lineno, error)
-                continue
-            plan.variant_of(line)
-    except ApiError as exc:  # a line longer than any valid record
-        detail = _first_detail(exc)
-        report(int(detail["loc"][-1]), LineError("line_too_long", str(detail["msg"])))
-    if plan.lines == 0 and not errors:
-        report(None, LineError("empty_file", "the input file holds no request lines"))
-    return plan, errors
-
-
-def _first_detail(exc: ApiError) -> dict[str, Any]:
-    detail: list[dict[str, Any]] = exc.detail  # type: ignore[assignment]  # ApiError always sets a list
-    return detail[0]
-
-
-def _check_teacher(plan: _Plan, line: BatchLine, lineno: int, registry: TeacherRegistry) -> None:
-    if registry.configured(line.teacher) is None:
-        known = ", ".join(s.name for s in registry.states())
-        raise LineError("model_not_found", f"unknown teacher {line.teacher!r}; configured: {known}", "body.model")
-    if plan.teacher is None:
-        plan.teacher, plan.teacher_line = line.teacher, lineno
-    elif line.teacher != plan.teacher:
-        raise LineError(
-            "invalid_request",
-            f"a batch runs on one teacher: line {plan.teacher_line} names {plan.teacher!r}, this one {line.teacher!r}",
-            "body.model",
-        )
 
 
 async def create_batch(
@@ -193,11 +87,11 @@ async def create_batch(
 
     batch, path = await database.run(start)
     try:
-        plan, errors = await _validate(path, registry, settings)
+        plan, errors = await validation.validate(path, registry, settings)
         if not errors:
             job = await _load(database, registry, settings, batch, plan, path)
     except ApiError as exc:
-        detail = _first_detail(exc)
+        detail = validation.first_detail(exc)
         errors = [BatchError(code=str(detail["type"]), message=str(detail["msg"]))]
     except BaseException:
         await database.run(lambda s: repository.set_batch(s, batch.id, status="failed", failed_at=utcnow()))
@@ -216,7 +110,7 @@ async def create_batch(
 
 
 async def _load(
-    database: Database, registry: TeacherRegistry, settings: Settings, batch: Batch, plan: _Plan, path: Path
+    database: Database, registry: TeacherRegistry, settings: Settings, batch: Batch, plan: validation.Plan, path: Path
 ) -> Job:
     """The job of a validated batch: k is the largest top-logprobs any line asked for; its lines stored in
     order, each with its parameter set (none recorded when all lines share one)."""
@@ -228,11 +122,11 @@ async def _load(
     several = len(variants) > 1
     if several:
         job.variants = [v.lineage() for v in variants]
-    seen = _Plan(variants={}, params=[], asked=[])
+    seen = validation.Plan(variants={}, params=[], asked=[])
 
     async def rows() -> AsyncIterator[dict[str, Any]]:
         seq = 0
-        async for _, raw in _lines(path, settings):
+        async for _, raw in validation.request_lines(path, settings):
             line = parse_line(raw)
             row = jobs_service.item_row(job, seq, line.record)
             if several:

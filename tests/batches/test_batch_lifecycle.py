@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from app.batches import service as batches_service
+from app.batches.validation import MAX_VARIANTS
 from app.database import Database
 from app.models import Batch, utcnow
 from tests.batches.openai_helpers import (
@@ -181,3 +182,13 @@ def test_a_batch_past_its_window_expires_and_its_unrun_lines_say_so(service: Ser
     assert sorted(line["custom_id"] for line in outputs + errors) == sorted(f"x{i}" for i in range(480))
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def test_too_many_distinct_parameter_sets_fail_the_batch_at_the_line_past_the_limit(service: Service) -> None:
+    client = openai_client(service)
+    lines = [completions_line(f"s{i}", "x", seed=i, max_tokens=1) for i in range(MAX_VARIANTS + 1)]
+    batch = client.batches.create(
+        input_file_id=upload(client, jsonl(lines)), endpoint="/v1/completions", completion_window="24h"
+    )
+    assert batch.status == "failed"
+    assert [(e.line, e.code) for e in (batch.errors.data or [])] == [(MAX_VARIANTS + 1, "too_many_parameter_sets")]  # type: ignore[union-attr]
