@@ -6,6 +6,7 @@ stored top-k (tokens as "token_id:N", vLLM's form with return_tokens_as_token_id
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import AsyncIterator
@@ -115,6 +116,28 @@ def error_line(row: Row[Any], unrun: str) -> dict[str, Any]:
     return line
 
 
+def _render(
+    rows: list[Row[Any]], *, model: str, created: int, variant_logprobs: list[int | None], errors: bool, unrun: str
+) -> bytes:
+    """One page of lines as JSONL (decoding the top-k is CPU work: run off the event loop)."""
+    chunk = bytearray()
+    for row in rows:
+        if errors:
+            line = error_line(row, unrun)
+        else:
+            asked = variant_logprobs[row.variant or 0] if variant_logprobs else None
+            body = response_body(row, chat=bool(row.chat), model=model, created=created, logprobs=asked)
+            line = {
+                "id": f"batch_req_{row.id}",
+                "custom_id": row.custom_id,
+                "response": {"status_code": 200, "request_id": f"req_{row.id}", "body": body},
+                "error": None,
+            }
+        chunk += orjson.dumps(line)
+        chunk += b"\n"
+    return bytes(chunk)
+
+
 async def _page(session: AsyncSession, *, job_id: uuid.UUID, statuses: tuple[str, ...], after: int) -> list[Row[Any]]:
     return await repository.output_page(session, job_id, statuses, after=after, limit=PAGE_ITEMS)
 
@@ -138,22 +161,9 @@ async def stream_lines(
         )
         if not rows:
             return
-        chunk = bytearray()
-        for row in rows:
-            if errors:
-                line = error_line(row, unrun)
-            else:
-                asked = variant_logprobs[row.variant or 0] if variant_logprobs else None
-                body = response_body(row, chat=bool(row.chat), model=model, created=created, logprobs=asked)
-                line = {
-                    "id": f"batch_req_{row.id}",
-                    "custom_id": row.custom_id,
-                    "response": {"status_code": 200, "request_id": f"req_{row.id}", "body": body},
-                    "error": None,
-                }
-            chunk += orjson.dumps(line)
-            chunk += b"\n"
-        yield bytes(chunk)
+        yield await asyncio.to_thread(
+            _render, rows, model=model, created=created, variant_logprobs=variant_logprobs, errors=errors, unrun=unrun
+        )
         after = rows[-1].seq
         if len(rows) < PAGE_ITEMS:
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -128,10 +128,6 @@ async def delete_file(session: AsyncSession, storage: LocalStorage, public: str,
     await repository.delete_file(session, row.id)
     storage.path(row.storage_key).unlink(missing_ok=True)
     return public_id(row.id)
-
-
-def read_chunks(storage: LocalStorage, row: StoredFile) -> Iterator[bytes]:
-    return storage.open(row.storage_key)
 
 
 async def aread_chunks(storage: LocalStorage, row: StoredFile) -> AsyncIterator[bytes]:
