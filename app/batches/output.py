@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import orjson
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,37 +43,72 @@ def _arrays(row: Row[Any]) -> TopKArrays:
     return codec_for(row.codec).decode(packed)
 
 
-def _candidates(ids: Any, logprobs: Any, k: int) -> list[tuple[int, float]]:
-    return [(int(i), float(lp)) for i, lp in zip(ids[:k], logprobs[:k], strict=True) if int(i) != MISSING_ID]
+class _TokenNames:
+    """ "token_id:N" for every id up to the largest seen so far, as one object array (vocabularies are a few
+    hundred thousand ids; past CACHE_IDS the names are made per call). Grown by swapping in a new array, so
+    the rendering threads never see a half-built one."""
+
+    def __init__(self) -> None:
+        self.names = np.array([], dtype=object)
+
+    def of(self, ids: Any) -> list[Any]:
+        """The names of an array of ids, as nested lists of its shape."""
+        if ids.size == 0:
+            return [[] for _ in range(ids.shape[0])] if ids.ndim == 2 else []
+        top = int(ids.max())
+        if top >= CACHE_IDS:
+            distinct, where = np.unique(ids, return_inverse=True)
+            made = np.array([token(i) for i in distinct.tolist()], dtype=object)
+            spread: list[Any] = made[where.reshape(ids.shape)].tolist()
+            return spread
+        names = self.names
+        if top >= len(names):
+            names = np.array([token(i) for i in range(max(top + 1, 2 * len(names)))], dtype=object)
+            self.names = names
+        result: list[Any] = names[ids].tolist()  # MISSING_ID (-1) picks the last name: such slots are dropped
+        return result
+
+
+CACHE_IDS = 1 << 20
+_token_names = _TokenNames()
+
+
+def _lists(arrays: TopKArrays, k: int) -> tuple[list[str], list[float], list[list[str]], list[list[float]]]:
+    """Tokens, their logprobs, and each position's first k candidate names and logprobs as Python values
+    (converted by numpy in bulk: float16 to float is exact, so the values are the stored ones); slots the
+    teacher did not report are left out."""
+    ids = arrays.topk_ids[:, :k]
+    names = _token_names.of(ids)
+    values = arrays.topk_logprobs[:, :k].astype(np.float64).tolist()
+    missing = ids == MISSING_ID
+    if missing.any():
+        for row in np.flatnonzero(missing.any(axis=1)).tolist():
+            keep = (~missing[row]).tolist()
+            names[row] = [n for n, kept in zip(names[row], keep, strict=True) if kept]
+            values[row] = [v for v, kept in zip(values[row], keep, strict=True) if kept]
+    return _token_names.of(arrays.token_ids), arrays.token_logprobs.astype(np.float64).tolist(), names, values
 
 
 def completions_logprobs(arrays: TopKArrays, k: int) -> dict[str, Any]:
     """/v1/completions' logprobs: tokens, token_logprobs, and per position a dict of the top k. There is
     no text_offset: with tokens as ids, vLLM's own offsets mean nothing either."""
-    return {
-        "tokens": [token(int(t)) for t in arrays.token_ids],
-        "token_logprobs": [float(lp) for lp in arrays.token_logprobs],
-        "top_logprobs": [
-            {token(i): lp for i, lp in _candidates(ids, lps, k)}
-            for ids, lps in zip(arrays.topk_ids, arrays.topk_logprobs, strict=True)
-        ],
-        "text_offset": None,
-    }
+    tokens, logprobs, names, values = _lists(arrays, k)
+    tops = [dict(zip(n, v, strict=True)) for n, v in zip(names, values, strict=True)]
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": None}
 
 
 def chat_logprobs(arrays: TopKArrays, k: int) -> dict[str, Any]:
     """/v1/chat/completions' logprobs: per position the token, its logprob and the top k as a list."""
+    tokens, logprobs, names, values = _lists(arrays, k)
     return {
         "content": [
             {
-                "token": token(int(t)),
-                "logprob": float(lp),
+                "token": t,
+                "logprob": lp,
                 "bytes": None,
-                "top_logprobs": [{"token": token(i), "logprob": c, "bytes": None} for i, c in _candidates(ids, lps, k)],
+                "top_logprobs": [{"token": c, "logprob": v, "bytes": None} for c, v in zip(n, vs, strict=True)],
             }
-            for t, lp, ids, lps in zip(
-                arrays.token_ids, arrays.token_logprobs, arrays.topk_ids, arrays.topk_logprobs, strict=True
-            )
+            for t, lp, n, vs in zip(tokens, logprobs, names, values, strict=True)
         ],
         "refusal": None,
     }
