@@ -189,6 +189,14 @@ class Settings(BaseSettings):
         """The configured datasets directory, or `datasets` in the data directory."""
         return self.datasets_dir if self.datasets_dir is not None else self.data_dir / "datasets"
 
+    # --- files (OpenAI-compatible /v1/files) ---
+    files_dir: Path | None = Field(default=None, description="Uploaded files; default <data_dir>/files.")
+
+    @property
+    def resolved_files_dir(self) -> Path:
+        """The configured files directory, or `files` in the data directory."""
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
+
     # --- upkeep ---
     # Finished jobs (completed, failed, cancelled) and datasets (ready or failed) older than this many days
     # are purged; None keeps them forever.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,7 @@ class ClaimedItem:
     messages: list[dict[str, Any]] | None
     response: str | None
     attempts: int
+    variant: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,15 @@ class JobSpec:
     n: int
     max_logprobs: int | None
     reasoning_end_token_id: int | None = None
+    # A job whose items differ in parameters (a batch): its parameter sets; `params` then holds the one with
+    # the most max_tokens (what sizes a claim) until for_variant picks the claimed items' own.
+    variants: tuple[dict[str, Any], ...] | None = None
+
+    def for_variant(self, variant: int | None) -> JobSpec:
+        """The spec of the items of one parameter set (itself for a job with a single set)."""
+        if self.variants is None:
+            return self
+        return dataclasses.replace(self, params=self.variants[variant or 0], variants=None)
 
 
 @dataclass(frozen=True, slots=True)

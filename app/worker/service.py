@@ -177,10 +177,16 @@ class Worker:
                 if limit <= 0:
                     continue
                 items = await repository.claim_job_items(
-                    session, job_id=job.spec.id, owner=self.id, limit=limit, lease_until=self._lease_until(), now=now
+                    session,
+                    job_id=job.spec.id,
+                    owner=self.id,
+                    limit=limit,
+                    lease_until=self._lease_until(),
+                    now=now,
+                    by_variant=job.spec.variants is not None,
                 )
                 if items:
-                    return Claim(items=items, jobs={job.spec.id: job.spec})
+                    return Claim(items=items, jobs={job.spec.id: job.spec.for_variant(items[0].variant)})
             return Claim(items=[], jobs={})
 
         started = time.perf_counter()
