@@ -36,12 +36,18 @@ MIGRATION_LOCK = 0x6469_7374_696C  # pg_advisory_xact_lock key: one process migr
 T = TypeVar("T")
 # Deadlock detected, serialization failure: the transaction lost a race and can simply run again.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# SQLite raises OperationalError for a busy lock and for faults no retry mends (a missing table, a full or
+# read-only disk, an I/O error); only the lock is worth waiting for.
+SQLITE_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED")
 log = logging.getLogger(__name__)
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
     """A lost or refused connection, a restarting server, a lock timeout: worth running the unit again."""
     if isinstance(exc, DBAPIError):
+        sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
+        if sqlite_error is not None and not exc.connection_invalidated:
+            return str(sqlite_error).startswith(SQLITE_TRANSIENT)
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return (
             exc.connection_invalidated

@@ -21,11 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.auth.service import ensure_first_key
+from app.batches.api import router as batches_router
 from app.database import Database, is_transient_db_error
 from app.datasets.api import router as datasets_router
 from app.dependencies import PUBLIC_PATHS, authorize
 from app.errors import http_error_handler, validation_error_handler
 from app.fidelity.api import router as fidelity_router
+from app.files.api import router as files_router
 from app.health.api import router as health_router
 from app.jobs.api import router as jobs_router
 from app.maintenance import run_maintenance
@@ -107,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
-        upload_paths={"/v1/jobs/upload"},
+        upload_paths={"/v1/jobs/upload", "/v1/files"},
     )
     app.add_middleware(RequestContext)  # outermost: even a refused body gets its request id and is counted
     app.add_exception_handler(DBAPIError, _database_error)
@@ -119,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(records_router)
     app.include_router(fidelity_router)
     app.include_router(datasets_router)
+    app.include_router(files_router)
+    app.include_router(batches_router)
     app.include_router(observability_router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app

@@ -1,5 +1,6 @@
 """The service's periodic upkeep: fail dataset builds whose process died, purge datasets past retention (and
-finish interrupted deletions), forget expired idempotency keys and progress buckets no figure reads.
+finish interrupted deletions), forget expired idempotency keys and progress buckets no figure reads, and
+expire batches past their completion window.
 
 Every step works in bounded batches, one transaction each, and is safe to run from several processes at
 once. The first pass runs when the service starts."""
@@ -14,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.batches import service as batches_service
 from app.database import Database
 from app.datasets import cleanup
 from app.datasets.storage import LocalStorage
@@ -45,18 +47,21 @@ async def maintain_once(database: Database, settings: Settings) -> None:
     keys = await _in_batches(
         database, functools.partial(jobs_repository.delete_idempotency_keys_before, before=key_cutoff, limit=BATCH)
     )
+    now = utcnow()
+    expired = await _in_batches(database, lambda s: batches_service.expire_batches(s, now, BATCH))
     buckets = await _in_batches(
         database,
         functools.partial(jobs_repository.delete_progress_before, before_bucket=progress_horizon(), limit=BATCH),
     )
-    if interrupted or purged or keys or buckets:
+    if interrupted or purged or keys or buckets or expired:
         log.info(
             "maintenance: %d interrupted builds failed, %d datasets purged, %d idempotency keys and %d progress "
-            "buckets expired",
+            "buckets expired, %d batches past their window expired",
             interrupted,
             purged,
             keys,
             buckets,
+            expired,
         )
 
 

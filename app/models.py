@@ -150,6 +150,9 @@ class Job(Base):
     # items to cancelled), "retry" (failed items to queued, in id order past sweep_cursor), "purge" (delete).
     sweep: Mapped[str | None] = mapped_column(String(16), default=None)
     sweep_cursor: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # A job whose items differ in sampling parameters (a batch): the distinct parameter sets, each item
+    # naming its own by index (Item.variant). None: every item uses `params`.
+    variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
     __table_args__ = (
         Index("ix_jobs_project_created", "project_id", "created_at"),
@@ -184,6 +187,7 @@ class Item(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(AnyText, default=None)
     prompt_token_ids: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    variant: Mapped[int | None] = mapped_column(Integer, default=None)  # index into Job.variants, if any
 
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_items_job_seq"),
@@ -218,6 +222,8 @@ class Result(Base):
     # For a job's first items only (fidelity_sample_items): the sampled and top-k logprobs as the teacher
     # sent them, float32 [T] then [T, k], so the fidelity report can measure every codec against them.
     reference_logprobs: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    # Index in token_ids of the first answer token after the teacher's end-of-reasoning token (null: none).
+    answer_start: Mapped[int | None] = mapped_column(Integer, default=None)
 
     __table_args__ = (
         UniqueConstraint("item_id", "sample_index", name="uq_results_item_sample"),
@@ -281,3 +287,48 @@ class DatasetFile(Base):
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+
+
+# --- OpenAI-compatible files and batches -----------------------------------------------------------------
+
+
+class StoredFile(Base):
+    """A file uploaded through /v1/files, its bytes on disk under `storage_key`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(AnyString(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_files_project_created", "project_id", "created_at"),)
+
+
+class Batch(Base):
+    """An OpenAI-style batch: its input file, and the job that runs its lines (None when validation failed)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    input_file_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), default=None)
+    # Set only where the job cannot say: "failed" (validation) and "expired"; otherwise the job's status rules.
+    status: Mapped[str | None] = mapped_column(String(16), default=None)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # Per job variant, the logprobs its lines asked for (None: none); the job stores the largest k of all.
+    variant_logprobs: Mapped[list[int | None]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    failed_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_batches_project_created", "project_id", "created_at"),)

@@ -35,6 +35,12 @@ class TeacherConfig(BaseModel):
     read_server_metrics: bool = Field(
         default=True, description="Steer in-flight by the replica's /metrics (vLLM's running and waiting counts)."
     )
+    reasoning_end_token: str | None = Field(
+        default="</think>",
+        max_length=64,
+        description="The marker ending a reasoning teacher's thinking; each result records where the answer "
+        "starts after it, when the teacher's tokenizer has it as one token. None: never look for one.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +194,14 @@ class Settings(BaseSettings):
     def resolved_datasets_dir(self) -> Path:
         """The configured datasets directory, or `datasets` in the data directory."""
         return self.datasets_dir if self.datasets_dir is not None else self.data_dir / "datasets"
+
+    # --- files (OpenAI-compatible /v1/files) ---
+    files_dir: Path | None = Field(default=None, description="Uploaded files; default <data_dir>/files.")
+
+    @property
+    def resolved_files_dir(self) -> Path:
+        """The configured files directory, or `files` in the data directory."""
+        return self.files_dir if self.files_dir is not None else self.data_dir / "files"
 
     # --- upkeep ---
     # Finished jobs (completed, failed, cancelled) and datasets (ready or failed) older than this many days

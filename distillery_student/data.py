@@ -14,8 +14,12 @@ position i = P - 1 + t predicts r[t], and every per-position tensor is indexed b
     topk_mask[P - 1 + t]     = True
 
 Positions 0 .. P - 2 (inside the prompt) and L - 1 (after the last token) carry no target: labels -100,
-topk ids and logprobs 0, mask False. Labels are pre-shifted, so do NOT pass them to a Hugging Face model's
-`labels=` argument (it would shift them again); use `distillery_student.loss.kd_loss` on the logits instead.
+topk ids and logprobs 0, mask False. A reasoning teacher's rows may carry `answer_start` (index in r of the
+first answer token after its end-of-reasoning token); then reasoning_mask[P - 1 + t] = t < answer_start (the
+thinking and its closing token), so `topk_mask & ~reasoning_mask` trains on answers only. Rows without one
+(null, or an export from before the column) have no position marked as reasoning. Labels are pre-shifted,
+so do NOT pass them to a Hugging Face model's `labels=` argument (it would shift them again); use
+`distillery_student.loss.kd_loss` on the logits instead.
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ _COLUMNS = [
     "token_ids",
     "topk_ids",
     "topk_logprobs",
+    "answer_start",
 ]
 _TOPK_COLUMNS = {"topk_ids", "topk_logprobs"}  # absent from a k = 0 export
+_OPTIONAL_COLUMNS = {*_TOPK_COLUMNS, "answer_start"}  # answer_start: absent from older exports
+NO_ANSWER_START = -1
+"""answer_start of a row without a reasoning boundary."""
 
 Example = dict[str, torch.Tensor]
 
@@ -72,6 +80,7 @@ class _Shard:
     token_ids: npt.NDArray[np.int32]
     topk_ids: npt.NDArray[np.int32]
     topk_logprobs: npt.NDArray[np.float16]
+    answer_start: npt.NDArray[np.int64]
 
     @property
     def num_rows(self) -> int:
@@ -93,10 +102,18 @@ def _list_rows(column: Any, k: int | None = None) -> tuple[npt.NDArray[np.int64]
     return offsets - offsets[0], values[offsets[0] : offsets[-1]]
 
 
+def _answer_starts(table: Any) -> npt.NDArray[np.int64]:
+    """Each row's answer_start, NO_ANSWER_START where it is null or the file has no such column."""
+    if "answer_start" not in table.column_names:
+        return np.full(table.num_rows, NO_ANSWER_START, np.int64)
+    column = table.column("answer_start").combine_chunks().fill_null(NO_ANSWER_START)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
 def _read_shard(path: Path) -> tuple[_Shard, list[RowKey], int, dict[str, Any]]:
     """Reads one export file into a shard, its row keys, its k and its lineage metadata."""
     present = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c for c in _COLUMNS if c in present or c not in _TOPK_COLUMNS])
+    table = pq.read_table(path, columns=[c for c in _COLUMNS if c in present or c not in _OPTIONAL_COLUMNS])
     raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
     lineage: dict[str, Any] = orjson.loads(raw_meta) if raw_meta else {}
 
@@ -123,6 +140,7 @@ def _read_shard(path: Path) -> tuple[_Shard, list[RowKey], int, dict[str, Any]]:
         token_ids=token_ids.astype(np.int32, copy=False),
         topk_ids=topk_ids.astype(np.int32, copy=False),
         topk_logprobs=topk_lps.astype(np.float16, copy=False),
+        answer_start=_answer_starts(table),
     )
     keys = [
         RowKey(str(job), int(item), int(sample), custom)
@@ -141,8 +159,9 @@ class DistillationDataset(Dataset[Example]):
     """Rows of one or more Distillery Parquet exports as aligned tensors (see the module docstring).
 
     Each item is a dict: `input_ids` [L] int64, `labels` [L] int64, `topk_ids` [L, k] int64, `topk_logprobs`
-    [L, k] float32 and `topk_mask` [L] bool. With `max_length`, an example keeps its first `max_length`
-    tokens; targets whose predicting position was cut are dropped (a prompt that long leaves none).
+    [L, k] float32, `topk_mask` [L] bool and `reasoning_mask` [L] bool (targets inside the teacher's
+    reasoning). With `max_length`, an example keeps its first `max_length` tokens; targets whose predicting
+    position was cut are dropped (a prompt that long leaves none).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], max_length: int | None = None) -> None:
@@ -199,6 +218,7 @@ class DistillationDataset(Dataset[Example]):
         topk_ids = torch.zeros((length, self.k), dtype=torch.int64)
         topk_logprobs = torch.zeros((length, self.k), dtype=torch.float32)
         topk_mask = torch.zeros(length, dtype=torch.bool)
+        reasoning_mask = torch.zeros(length, dtype=torch.bool)
 
         # Logits position p - 1 + j predicts response[j]; keep the positions that exist (>= 0, < length).
         first = max(0, 1 - p)  # with an empty prompt nothing predicts response[0]
@@ -209,12 +229,16 @@ class DistillationDataset(Dataset[Example]):
             topk_ids[pos] = torch.from_numpy(s.topk_ids[lo + first : lo + last].astype(np.int64))
             topk_logprobs[pos] = torch.from_numpy(s.topk_logprobs[lo + first : lo + last].astype(np.float32))
             topk_mask[pos] = True
+            thinking = min(int(s.answer_start[row]), last)
+            if thinking > first:
+                reasoning_mask[p - 1 + first : p - 1 + thinking] = True
         return {
             "input_ids": input_ids,
             "labels": labels,
             "topk_ids": topk_ids,
             "topk_logprobs": topk_logprobs,
             "topk_mask": topk_mask,
+            "reasoning_mask": reasoning_mask,
         }
 
 
@@ -232,11 +256,12 @@ def collate(batch: Sequence[Example], pad_id: int) -> Example:
         "topk_ids": torch.zeros((n, length, k), dtype=torch.int64),
         "topk_logprobs": torch.zeros((n, length, k), dtype=torch.float32),
         "topk_mask": torch.zeros((n, length), dtype=torch.bool),
+        "reasoning_mask": torch.zeros((n, length), dtype=torch.bool),
     }
     for i, ex in enumerate(batch):
         size = int(ex["input_ids"].shape[0])
         out["attention_mask"][i, :size] = 1
-        for name in ("input_ids", "labels", "topk_ids", "topk_logprobs", "topk_mask"):
+        for name in ("input_ids", "labels", "topk_ids", "topk_logprobs", "topk_mask", "reasoning_mask"):
             out[name][i, :size] = ex[name]
     return out
 

@@ -88,7 +88,7 @@ def _check_jobs(body: DatasetCreate, found: Mapping[uuid.UUID, Job]) -> list[Job
     for index, job_id in enumerate(body.jobs):
         loc: list[str | int] = ["body", "jobs", index]
         job = found.get(job_id)
-        if job is None:
+        if job is None or job.status == "deleted":  # a deleted job is gone for the API, sweeper or not
             raise ApiError(404, f"job {job_id} not found", loc=loc, type="not_found")
         if job_id in body.jobs[:index]:
             raise ApiError(422, f"job {job_id} is listed twice", loc=loc)

@@ -36,6 +36,7 @@ class JsonlExporter:
             "finish_reason": r.finish_reason,
             "prompt_token_ids": None if r.prompt_token_ids is None else r.prompt_token_ids.tolist(),
             "token_ids": a.token_ids.tolist(),
+            "answer_start": r.answer_start,
             "token_logprobs": a.token_logprobs.astype("float32").tolist(),
             "topk_ids": a.topk_ids.tolist(),
             "topk_logprobs": a.topk_logprobs.astype("float32").tolist(),

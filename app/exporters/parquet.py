@@ -4,7 +4,8 @@ Top-k columns are list<fixed_size_list<k>>: int32 ids and float16 logprobs exact
 token logprobs are float32), with
 BYTE_STREAM_SPLIT on those leaves. Lineage (job, teacher identity, params, codec) goes in the file's
 key-value metadata under b"distillery"; job_id, item_id, custom_id, teacher and the teacher's tokenizer
-fingerprint are also columns on every row.
+fingerprint are also columns on every row. `answer_start` (null without a reasoning boundary) is the index in
+token_ids of the first answer token after the teacher's end-of-reasoning token.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parquet_schema(k: int, lineage: dict[str, Any]) -> pa.Schema:
         pa.field("prompt_token_ids", pa.list_(pa.int32())),
         pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
         pa.field("token_logprobs", pa.list_(pa.float32()), nullable=False),
+        pa.field("answer_start", pa.int32()),
     ]
     if k > 0:
         fields.append(pa.field("topk_ids", pa.list_(pa.list_(pa.int32(), k)), nullable=False))
@@ -138,6 +140,7 @@ class ParquetExporter:
             prompt_ids,
             pa.ListArray.from_arrays(offsets, pa.array(flat("token_ids", np.int32))),
             pa.ListArray.from_arrays(offsets, pa.array(flat("token_logprobs", np.float32))),
+            pa.array([r.answer_start for r in rows], pa.int32()),
         ]
         if k > 0:
             topk_ids = pa.FixedSizeListArray.from_arrays(pa.array(flat("topk_ids", np.int32)), k)

@@ -30,6 +30,7 @@ class ExportRow:
     finish_reason: str | None
     prompt_token_ids: IdArray | None
     arrays: TopKArrays
+    answer_start: int | None = None
 
 
 def _json_size(value: Any) -> int:

@@ -33,10 +33,10 @@ from app.jobs.service import (
     line_error,
     new_job,
     parse_line,
-    teacher_info_for,
     to_reads,
 )
 from app.jobs.sweeping import let_writers_in, purge_now
+from app.jobs.teacher_info import teacher_info_for
 from app.models import Job, utcnow
 from app.settings import Settings
 from app.teachers.service import TeacherRegistry
@@ -60,12 +60,20 @@ class JobLoader:
 
     async def load(self, records: AsyncIterator[PromptRecord]) -> Job:
         """Store every record in order; the job as it is once queued."""
-        chunk: list[dict[str, Any]] = []
+        return await self.load_rows(self._rows(records))
+
+    async def _rows(self, records: AsyncIterator[PromptRecord]) -> AsyncIterator[dict[str, Any]]:
         seq = 0
+        async for record in records:
+            yield item_row(self.job, seq, record)
+            seq += 1
+
+    async def load_rows(self, rows: AsyncIterator[dict[str, Any]]) -> Job:
+        """Store item rows (see item_row) in order; the job as it is once queued."""
+        chunk: list[dict[str, Any]] = []
         try:
-            async for record in records:
-                chunk.append(item_row(self.job, seq, record))
-                seq += 1
+            async for row in rows:
+                chunk.append(row)
                 if len(chunk) >= self.settings.job_load_chunk_rows:
                     await self._store(chunk)
                     chunk = []

@@ -28,56 +28,17 @@ from app.jobs.schemas import (
 )
 from app.models import Job
 from app.settings import Settings
-from app.teachers.service import TeacherRegistry
 
 INSERT_CHUNK = 1000
 DEFAULT_BATCH_ROWS = Settings.model_fields["job_sweep_batch_rows"].default
 MAX_REPORTED_LINE_ERRORS = 100
 RATE_WINDOW_BUCKETS = 3
 PROGRESS_SPARE_BUCKETS = 6
-LINEAGE_FIELDS = (
-    "served_model",
-    "model_root",
-    "max_model_len",
-    "max_logprobs",
-    "vllm_version",
-    "logprobs_mode",
-    "tokenizer_fingerprint",
-    "chat_template_fingerprint",
-)
 
 
 class AsyncReadable(Protocol):
     async def read(self, size: int = -1) -> bytes: ...
     async def seek(self, offset: int) -> None: ...
-
-
-async def teacher_info_for(registry: TeacherRegistry, teacher: str, params: GenerationParams) -> dict[str, Any]:
-    """Check the teacher exists and accepts k; return its identity to record on the job."""
-    if registry.configured(teacher) is None:
-        known = ", ".join(s.name for s in registry.states())
-        raise ApiError(422, f"unknown teacher {teacher!r}; configured: {known}", loc=["body", "teacher"])
-    state = registry.state(teacher)
-    if state is None or state.served_model is None:
-        await registry.refresh(teacher)
-        state = registry.state(teacher)
-    if state is None or state.served_model is None:
-        raise ApiError(
-            503,
-            f"teacher {teacher!r} has not answered yet, so its limits are unknown; try again shortly",
-            loc=["body", "teacher"],
-            type="teacher_unavailable",
-            headers={"Retry-After": "10"},
-        )
-    if state.max_logprobs is not None and params.top_logprobs > state.max_logprobs:
-        raise ApiError(
-            422,
-            f"top_logprobs {params.top_logprobs} exceeds teacher {teacher!r}'s max_logprobs {state.max_logprobs}",
-            loc=["body", "params", "top_logprobs"],
-        )
-    info = state.model_dump(include=set(LINEAGE_FIELDS), mode="json")
-    info["name"] = teacher
-    return info
 
 
 def new_job(

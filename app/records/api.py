@@ -41,6 +41,8 @@ async def export_job(
     principal: PrincipalDep,
     format: Annotated[ExportFormat, Query()] = ExportFormat.parquet,
 ) -> StreamingResponse:
+    """The job's results as one file, streamed. A job still running (or retried later) gains rows after
+    this export: the headers say the job's state when the export started."""
     job = await get_job(session, job_id, principal.project_id)
     exporter = service.exporter_for(format, job)
     return StreamingResponse(
@@ -48,5 +50,8 @@ async def export_job(
             database, job.id, exporter, chunk_rows=settings.export_chunk_rows, chunk_bytes=settings.chunk_bytes
         ),
         media_type=exporter.media_type,
-        headers={"content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"'},
+        headers={
+            "content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"',
+            **service.export_headers(job),
+        },
     )

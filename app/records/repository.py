@@ -34,6 +34,7 @@ RESULT_COLUMNS = (
     Result.token_logprobs,
     Result.topk_ids,
     Result.topk_logprobs,
+    Result.answer_start,
 )
 
 

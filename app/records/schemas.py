@@ -34,6 +34,11 @@ class Record(BaseModel):
     top_logprobs_ids: list[list[int]] = Field(description="[T][k] candidate ids, best first.")
     top_logprobs: list[list[float | None]] = Field(description="[T][k] candidate logprobs, best first.")
     prompt_token_ids: list[int] | None
+    answer_start: int | None = Field(
+        default=None,
+        description="Index in token_ids of the first answer token after the teacher's end-of-reasoning token "
+        "(the length when the completion ends with it); null when the completion has none.",
+    )
     usage: Usage
 
 

@@ -40,6 +40,7 @@ def export_row(job_id: uuid.UUID, row: Row[Any]) -> ExportRow:
         finish_reason=row.finish_reason,
         prompt_token_ids=None if row.prompt_token_ids is None else unpack_ids(row.prompt_token_ids),
         arrays=decoder.decode(packed),
+        answer_start=row.answer_start,
     )
 
 
@@ -62,6 +63,7 @@ def to_record(row: ExportRow, prompt_tokens: int) -> Record:
         top_logprobs_ids=a.topk_ids.tolist(),
         top_logprobs=[_finite(r) for r in a.topk_logprobs],
         prompt_token_ids=None if row.prompt_token_ids is None else row.prompt_token_ids.tolist(),
+        answer_start=row.answer_start,
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=a.num_tokens),
     )
 
@@ -118,6 +120,17 @@ async def result_chunks(
             break
         yield rows
         after = (rows[-1].item_id, rows[-1].sample_index)
+
+
+def export_headers(job: Job) -> dict[str, str]:
+    """The job's state as an export starts: a file of a job not yet final is a snapshot, not the dataset."""
+    pending = job.total_items - job.done_items - job.failed_items - job.cancelled_items
+    return {
+        "x-distillery-job-status": job.status,
+        "x-distillery-items-total": str(job.total_items),
+        "x-distillery-items-done": str(job.done_items),
+        "x-distillery-items-pending": str(pending),
+    }
 
 
 async def stream_export(

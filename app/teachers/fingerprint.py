@@ -9,6 +9,7 @@ conversation renders to. Both need only /tokenize and /detokenize, so they work 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import orjson
 
@@ -43,12 +44,27 @@ async def tokenizer_fingerprint(client: TeacherClient) -> str:
     return "tok-" + _digest([probe["tokens"], surfaces])
 
 
-async def chat_template_fingerprint(client: TeacherClient) -> str | None:
-    """None when the server has no chat template (its /tokenize refuses messages)."""
+async def chat_template_fingerprint(client: TeacherClient, kwargs: dict[str, Any] | None = None) -> str | None:
+    """None when the server has no chat template (its /tokenize refuses messages). With `kwargs` the probe
+    is rendered with those chat_template_kwargs (a job's own), so it shows what they change; a refusal of
+    them raises the TeacherError."""
+    body: dict[str, Any] = {"model": client.config.model, "messages": CHAT_PROBE, "add_generation_prompt": True}
+    if kwargs is not None:
+        body["chat_template_kwargs"] = kwargs
     try:
-        rendered = await client.post_json(
-            "/tokenize", {"model": client.config.model, "messages": CHAT_PROBE, "add_generation_prompt": True}
-        )
+        rendered = await client.post_json("/tokenize", body)
     except TeacherError:
+        if kwargs is not None:
+            raise
         return None
     return "chat-" + _digest([rendered["tokens"]])
+
+
+async def single_token_id(client: TeacherClient, text: str | None) -> int | None:
+    """The id `text` tokenizes to, when it is exactly one token (no bos added); else None. Finds a reasoning
+    teacher's end-of-thinking marker (`</think>`, a special token) in its own vocabulary."""
+    if not text:
+        return None
+    body = {"model": client.config.model, "prompt": text, "add_special_tokens": False}
+    tokens = (await client.post_json("/tokenize", body))["tokens"]
+    return int(tokens[0]) if len(tokens) == 1 else None

@@ -23,6 +23,9 @@ class TeacherIdentity(BaseModel):
         default=None, description="Hash of how the server tokenizes a fixed probe: equal means the same ids."
     )
     chat_template_fingerprint: str | None = Field(default=None, description="Hash of a fixed rendered conversation.")
+    reasoning_end_token_id: int | None = Field(
+        default=None, description="The id of the end-of-reasoning marker, when the tokenizer has it as one token."
+    )
 
     def key(self) -> tuple[object, ...]:
         """The fields that must agree for replicas to serve the same job."""

@@ -20,7 +20,7 @@ import orjson
 from app.observability import metrics
 from app.settings import Settings, TeacherConfig
 from app.teachers.client import TeacherClient, TeacherError, display_url
-from app.teachers.fingerprint import chat_template_fingerprint, tokenizer_fingerprint
+from app.teachers.fingerprint import chat_template_fingerprint, single_token_id, tokenizer_fingerprint
 from app.teachers.parsing import token_id
 from app.teachers.schemas import IDENTITY_FIELDS, LogprobsMode, ReplicaRead, TeacherIdentity, TeacherRead
 from app.waiting import wait_first
@@ -112,6 +112,12 @@ class TeacherRegistry:
     def representative(self, name: str) -> TeacherIdentity | None:
         key = self._identity.get(name)
         return next((r.identity for r in self.replicas[name] if r.identity and r.identity.key() == key), None)
+
+    async def chat_template_fingerprint(self, name: str, kwargs: dict[str, Any]) -> str | None:
+        """The teacher's chat-template fingerprint rendered with these chat_template_kwargs, asked of a replica
+        in rotation (None when none is). Raises the TeacherError of a refusal."""
+        replica = next((r for r in self.replicas[name] if self.in_rotation(name, r)), None)
+        return None if replica is None else await chat_template_fingerprint(replica.client, kwargs)
 
     async def refresh(self, name: str | None = None) -> None:
         """Probe every replica (of one teacher, or all) now."""
@@ -208,6 +214,7 @@ class TeacherRegistry:
             logprobs_mode=await _probe_logprobs_mode(client),
             tokenizer_fingerprint=await tokenizer_fingerprint(client),
             chat_template_fingerprint=await chat_template_fingerprint(client),
+            reasoning_end_token_id=await single_token_id(client, client.config.reasoning_end_token),
         )
 
 

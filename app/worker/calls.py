@@ -75,7 +75,11 @@ class TeacherCalls:
             if raw:
                 units.append(self._run_completions(hold, spec, raw))
             units.extend(self._run_chat(hold, spec, item) for item in chat)
-        return [o for unit in await asyncio.gather(*units) for o in unit]
+        outcomes = [o for unit in await asyncio.gather(*units) for o in unit]
+        for outcome in outcomes:
+            outcome.reasoning_end_token_id = spec.reasoning_end_token_id
+            outcome.codec = spec.codec
+        return outcomes
 
     async def _guarded(
         self,
@@ -152,7 +156,7 @@ class TeacherCalls:
         body = completions_body(self.config.model, spec, [i.prompt or "" for i in items], seed=seed)
 
         def decode(raw: bytes) -> list[ItemOutcome]:
-            outcomes = [ItemOutcome(item, codec=spec.codec) for item in items]
+            outcomes = [ItemOutcome(item) for item in items]
             for completion in parse_completions(raw, num_prompts=len(items), n=spec.n, k=spec.k):
                 outcomes[completion.prompt_index].completions.append(completion)
             return outcomes
@@ -178,7 +182,7 @@ class TeacherCalls:
 
         def decode(raw: bytes) -> list[ItemOutcome]:
             parsed = parse_chat(raw, n=spec.n, k=spec.k, requested_top=chat_top_logprobs(spec))
-            return [ItemOutcome(item, completions=parsed, codec=spec.codec)]
+            return [ItemOutcome(item, completions=parsed)]
 
         max_bytes = answer_byte_limit(logprob_entries_per_prompt(spec))
         fetch = functools.partial(hold.load.replica.client.chat_completions, body, max_bytes=max_bytes)
@@ -204,8 +208,7 @@ class TeacherCalls:
                 return [ItemOutcome(item, error="the response is empty once tokenized")]
             arrays = parse_prompt_logprobs(raw, prompt_len=len(prompt_ids), response_ids=response_ids, k=spec.k)
             text = item.response if item.response is not None else str((item.messages or [{}])[-1].get("content"))
-            scored = ParsedCompletion(0, 0, text, "scored", arrays, prompt_ids)
-            return [ItemOutcome(item, completions=[scored], codec=spec.codec)]
+            return [ItemOutcome(item, completions=[ParsedCompletion(0, 0, text, "scored", arrays, prompt_ids)])]
 
         return await self._guarded(hold, [item], spec.n, fetch, decode)
 

@@ -37,6 +37,14 @@ LOAD_POLL_S = 0.5
 EXPRESS_POLL_S = 1.0  # busy: look for unstarted jobs this often unless woken (a new job announced) sooner
 METRICS_RETRY_S = 30.0
 DIGEST_BACKLOG_PER_REPLICA = 4  # answers in but not yet stored: beyond this, claim nothing more (memory)
+TAIL_FLOOR = 8  # the tail is never cut into batches under this many prompts (requests cost more than they balance)
+
+
+def tail_limit(queued: int, replicas: int) -> int:
+    """At the end of a backlog a batch takes at most an even share of what is left per replica (never under
+    TAIL_FLOOR prompts), so the last work spreads over every replica and they run dry together, instead of
+    one replica taking a whole batch at the end and running it alone after the others have finished."""
+    return max(TAIL_FLOOR, -(-queued // max(1, replicas)))
 
 
 class TeacherDispatcher:
@@ -55,6 +63,7 @@ class TeacherDispatcher:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._digesting = 0  # batches whose answers are all in, not yet decoded and stored
+        self._inflight_items = 0  # items of this teacher claimed by this worker and not yet settled
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.worker.settings
@@ -106,10 +115,13 @@ class TeacherDispatcher:
             watcher.cancel()
             await self._drain(settings.worker_shutdown_grace_s)
 
-    def _batch_limit(self, spec: JobSpec, room: int) -> int:
-        """Prompts for one request: within the batch size, the token budget and the replica's room."""
+    def _batch_limit(self, spec: JobSpec, pending: int, room: int) -> int:
+        """Prompts for one request: within the batch size, the token budget, the replica's room and, at the
+        end of the backlog (`pending` items, less those in flight here), an even share per replica."""
         by_budget = self.config.batch_token_budget // max(1, logprob_entries_per_prompt(spec))
-        return max(1, min(self.config.batch_size, by_budget, room // max(1, spec.n)))
+        in_rotation = sum(1 for lo in self.loads if lo.replica.healthy and lo.replica.identity is not None)
+        tail = tail_limit(pending - self._inflight_items, in_rotation)
+        return max(1, min(self.config.batch_size, by_budget, room // max(1, spec.n), tail))
 
     def _pick(self, *, ignore_room: bool = False) -> ReplicaLoad | None:
         """The least-loaded healthy replica with room for at least a quarter batch (or with nothing in flight)."""
@@ -134,6 +146,7 @@ class TeacherDispatcher:
 
     def _start(self, claim: Claim, load: ReplicaLoad) -> None:
         sequences = sum(claim.jobs[i.job_id].n for i in claim.items)
+        self._inflight_items += len(claim.items)
         load.sequences += sequences
         load.requests += 1
         task = asyncio.create_task(self._process(claim, load, sequences))
@@ -182,6 +195,7 @@ class TeacherDispatcher:
         finally:
             hold.give_back()
             self._digesting -= 1
+            self._inflight_items -= len(ids)
             self.worker.inflight.difference_update(ids)
 
     def _released(self, all_in: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
             Job.id,
             Job.kind,
             Job.params,
+            Job.variants,
             Job.top_logprobs,
             Job.num_samples,
             Job.teacher_info,
@@ -89,6 +91,7 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
             Job.priority,
             Job.created_at,
             Job.last_claimed_at,
+            Job.total_items - Job.done_items - Job.failed_items - Job.cancelled_items,
         )
         .join(Project, Project.id == Job.project_id)
         .where(Job.teacher == teacher, Job.status.in_(("queued", "running")), has_queued)
@@ -97,11 +100,22 @@ async def runnable_jobs(session: AsyncSession, teacher: str, *, unstarted: bool 
         stmt = stmt.where(Job.last_claimed_at.is_(None))
     rows = await session.execute(stmt)
     jobs = []
-    for job_id, kind, params, k, n, info, project_id, project, priority, created, claimed in rows.all():
+    for job_id, kind, params, variants, k, n, info, project_id, project, priority, created, claimed, pending in rows:
         info = info or {}
-        spec = JobSpec(id=job_id, kind=kind, params=params, k=k, n=n, max_logprobs=info.get("max_logprobs"))
+        spec = JobSpec(
+            id=job_id,
+            kind=kind,
+            params=params,
+            k=k,
+            n=n,
+            max_logprobs=info.get("max_logprobs"),
+            reasoning_end_token_id=info.get("reasoning_end_token_id"),
+        )
+        if variants:
+            longest = max(variants, key=lambda v: int(v.get("max_tokens") or 1))
+            spec = dataclasses.replace(spec, params=longest, variants=tuple(variants))
         identity = tuple(info.get(f) for f in IDENTITY_FIELDS)
-        jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity))
+        jobs.append(RunnableJob(spec, project_id, project, priority, created, claimed, identity, int(pending)))
     return jobs
 
 
@@ -118,25 +132,37 @@ async def inflight_by_project(session: AsyncSession) -> dict[uuid.UUID, int]:
 
 
 async def claim_job_items(
-    session: AsyncSession, *, job_id: uuid.UUID, owner: str, limit: int, lease_until: datetime, now: datetime
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    owner: str,
+    limit: int,
+    lease_until: datetime,
+    now: datetime,
+    by_variant: bool = False,
 ) -> list[ClaimedItem]:
     """Lease up to `limit` queued items of one job in submission order (FOR UPDATE SKIP LOCKED on
-    Postgres), and mark the job running and just served. The job's row is locked first and must still be
-    queued or running: a cancel or delete that committed before takes nothing from here on, and one that
-    comes after waits for this claim (whose items are then in flight at the cancel)."""
+    Postgres), and mark the job running and just served. `by_variant` (a job whose items differ in
+    parameters): only items of the first queued item's parameter set, so one teacher request holds one set.
+    The job's row is locked first and must still be queued or running: a cancel or delete that committed
+    before takes nothing from here on, and one that comes after waits for this claim (whose items are then
+    in flight at the cancel)."""
     claimable = await session.execute(
         select(Job.id).where(Job.id == job_id, Job.status.in_(("queued", "running"))).with_for_update(key_share=True)
     )
     if claimable.scalar_one_or_none() is None:
         return []
+    queued = [Item.job_id == job_id, Item.status == "queued"]
+    if by_variant:
+        first = select(Item.variant).where(*queued).order_by(Item.id).limit(1).with_for_update(skip_locked=True)
+        variant = (await session.execute(first)).first()
+        if variant is None:
+            return []
+        queued.append(Item.variant.is_(None) if variant[0] is None else Item.variant == variant[0])
     ids = list(
         (
             await session.execute(
-                select(Item.id)
-                .where(Item.job_id == job_id, Item.status == "queued")
-                .order_by(Item.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+                select(Item.id).where(*queued).order_by(Item.id).limit(limit).with_for_update(skip_locked=True)
             )
         ).scalars()
     )
@@ -146,7 +172,9 @@ async def claim_job_items(
         update(Item)
         .where(Item.id.in_(ids), Item.status == "queued")
         .values(status="leased", lease_owner=owner, lease_expires_at=lease_until, attempts=Item.attempts + 1)
-        .returning(Item.id, Item.job_id, Item.seq, Item.prompt, Item.messages, Item.response, Item.attempts)
+        .returning(
+            Item.id, Item.job_id, Item.seq, Item.prompt, Item.messages, Item.response, Item.attempts, Item.variant
+        )
         .execution_options(synchronize_session=False)
     )
     claimed = [ClaimedItem(*row) for row in rows.all()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ class ClaimedItem:
     messages: list[dict[str, Any]] | None
     response: str | None
     attempts: int
+    variant: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,16 @@ class JobSpec:
     k: int
     n: int
     max_logprobs: int | None
+    reasoning_end_token_id: int | None = None
+    # A job whose items differ in parameters (a batch): its parameter sets; `params` then holds the one with
+    # the most max_tokens (what sizes a claim) until for_variant picks the claimed items' own.
+    variants: tuple[dict[str, Any], ...] | None = None
+
+    def for_variant(self, variant: int | None) -> JobSpec:
+        """The spec of the items of one parameter set (itself for a job with a single set)."""
+        if self.variants is None:
+            return self
+        return dataclasses.replace(self, params=self.variants[variant or 0], variants=None)
 
     @property
     def codec(self) -> int:
@@ -50,6 +62,7 @@ class RunnableJob:
     created_at: datetime
     last_claimed_at: datetime | None
     identity: tuple[object, ...] = field(default=())
+    pending: int = 0  # items neither done, failed nor cancelled (queued, or in flight somewhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +83,4 @@ class ItemOutcome:
     transient: bool = False  # the teacher could not be reached or was busy: the attempt is refunded in an outage
     resent: bool = False  # sent again alone in this claim after its batch's answer was unreadable: one more attempt
     codec: int = DEFAULT_CODEC_VERSION  # the job's top-k codec version, for its completions
+    reasoning_end_token_id: int | None = None  # the job teacher's end-of-thinking id: where answers start

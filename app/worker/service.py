@@ -142,14 +142,15 @@ class Worker:
         self,
         teacher: str,
         identity: tuple[object, ...],
-        limit_for: Callable[[JobSpec], int],
+        limit_for: Callable[[JobSpec, int], int],
         *,
         check_first: bool = False,
         unstarted: bool = False,
     ) -> Claim:
         """Lease a batch from the job the scheduler puts first among those whose recorded teacher identity
-        is `identity` (`unstarted`: among jobs never claimed from). `check_first` looks read-only before
-        taking the write transaction (idle polling)."""
+        is `identity` (`unstarted`: among jobs never claimed from), of the size `limit_for(spec, pending)`
+        allows, `pending` being the items those jobs have left. `check_first` looks read-only before taking
+        the write transaction (idle polling)."""
         if check_first:
             runnable = await self.database.run(
                 lambda s: repository.runnable_jobs(s, teacher, unstarted=unstarted), readonly=True
@@ -167,18 +168,25 @@ class Worker:
             )
             inflight = await repository.inflight_by_project(session) if capped else {}
             now = utcnow()
+            pending = sum(j.pending for j in jobs)
             for job in scheduler.order_jobs(jobs):
-                limit = limit_for(job.spec)
+                limit = limit_for(job.spec, pending)
                 room = scheduler.room_under_cap(job, inflight, self.settings.project_inflight_cap)
                 if room is not None:
                     limit = min(limit, room)
                 if limit <= 0:
                     continue
                 items = await repository.claim_job_items(
-                    session, job_id=job.spec.id, owner=self.id, limit=limit, lease_until=self._lease_until(), now=now
+                    session,
+                    job_id=job.spec.id,
+                    owner=self.id,
+                    limit=limit,
+                    lease_until=self._lease_until(),
+                    now=now,
+                    by_variant=job.spec.variants is not None,
                 )
                 if items:
-                    return Claim(items=items, jobs={job.spec.id: job.spec})
+                    return Claim(items=items, jobs={job.spec.id: job.spec.for_variant(items[0].variant)})
             return Claim(items=[], jobs={})
 
         started = time.perf_counter()

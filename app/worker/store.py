@@ -10,9 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.codecs.topk import encode_topk, pack_ids, reference_blob
+from app.codecs.topk import IdArray, encode_topk, pack_ids, reference_blob
 from app.jobs.repository import PROGRESS_BUCKET_S
 from app.models import utcnow
 from app.worker import repository
@@ -52,6 +53,7 @@ def build_rows(outcomes: list[ItemOutcome], sample_items: int = 0) -> list[ItemR
         rows = ItemRows(item.id, item.job_id, finished_row(item.id, "done", prompt_token_ids=prompt_ids))
         for completion in outcome.completions:
             packed = encode_topk(completion.arrays, outcome.codec)
+            answer_start = find_answer_start(completion.arrays.token_ids, outcome.reasoning_end_token_id)
             rows.tokens += packed.num_tokens
             rows.results.append(
                 {
@@ -69,10 +71,20 @@ def build_rows(outcomes: list[ItemOutcome], sample_items: int = 0) -> list[ItemR
                     "topk_ids": packed.topk_ids,
                     "topk_logprobs": packed.topk_logprobs,
                     "reference_logprobs": reference_blob(completion.arrays) if item.seq < sample_items else None,
+                    "answer_start": answer_start,
                 }
             )
         built.append(rows)
     return built
+
+
+def find_answer_start(token_ids: IdArray, end_token_id: int | None) -> int | None:
+    """The index of the first answer token: just after the first end-of-reasoning token (the length when the
+    completion ends there). None when the teacher has no such token or the completion holds none."""
+    if end_token_id is None:
+        return None
+    hits = np.flatnonzero(np.asarray(token_ids) == end_token_id)
+    return int(hits[0]) + 1 if hits.size else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import platform
@@ -19,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from distillery_tools.tiny_teacher.corpus import DEFAULT_MAX_BYTES, collect_corpus, corpus_digest
+from distillery_tools.tiny_teacher.corpus import collect_corpus, corpus_digest
+from distillery_tools.tiny_teacher.files import save_model_files, save_tokenizer_files, write_json
+from distillery_tools.tiny_teacher.spec import ProgressCallback, TinyTeacherSpec
+from distillery_tools.tiny_teacher.train import train_model
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +50,31 @@ CHAT_TEMPLATE = (
 )
 """One turn per message: role token, newline, content, eos; the generation prompt opens an assistant turn."""
 
-ProgressCallback = Callable[[int, int, float], None]
-"""Called as (step, total_steps, loss) while training."""
-
 
 @dataclass(frozen=True)
-class TinyTeacherSpec:
-    """Tokenizer, model and training hyperparameters of a build."""
+class TeacherRecipe:
+    """What differs between kinds of tiny teacher: training text, extra special tokens (ids after the
+    defaults' own), chat template, and the name and version of their cache folders."""
 
-    vocab_size: int = 4096
-    hidden_size: int = 256
-    intermediate_size: int = 688
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = True
-    seq_len: int = 128
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    corpus_max_bytes: int = DEFAULT_MAX_BYTES
+    builder_version: int
+    cache_prefix: str
+    corpus: Callable[[int], list[str]]
+    extra_special_tokens: tuple[str, ...] = ()
+    chat_template: str = CHAT_TEMPLATE
+    spec: TinyTeacherSpec | None = None
+    train_steps: int = DEFAULT_TRAIN_STEPS
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        return (*SPECIAL_TOKENS, *self.extra_special_tokens)
+
+    @property
+    def additional_special_tokens(self) -> tuple[str, ...]:
+        return (*ROLE_TOKENS, *self.extra_special_tokens)
+
+
+DEFAULT_RECIPE = TeacherRecipe(builder_version=BUILDER_VERSION, cache_prefix="tiny", corpus=collect_corpus)
+"""The stdlib-code teacher the demo and tests use."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class BuildResult:
     spec: dict[str, Any]
 
 
-def _train_tokenizer(docs: list[str], vocab_size: int) -> Any:
+def _train_tokenizer(docs: list[str], vocab_size: int, special_tokens: tuple[str, ...]) -> Any:
     """Trains a byte-level BPE with the special tokens first; adds bos to single sequences."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -104,7 +108,7 @@ def _train_tokenizer(docs: list[str], vocab_size: int) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -170,141 +174,6 @@ def _torch_threads(num_threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _train(
-    model: Any,
-    stream: Any,
-    spec: TinyTeacherSpec,
-    *,
-    seed: int,
-    train_steps: int,
-    progress: ProgressCallback | None,
-    log_every: int,
-) -> tuple[float, float]:
-    """Trains on random windows of the token stream (fixed generator order); returns (first, final) loss."""
-    import math
-
-    import torch
-
-    generator = torch.Generator().manual_seed(seed + 1)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": spec.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=spec.learning_rate,
-        betas=(0.9, 0.95),
-        foreach=False,
-    )
-
-    def lr_at(step: int) -> float:
-        if step < spec.warmup_steps:
-            return spec.learning_rate * (step + 1) / spec.warmup_steps
-        span = max(1, train_steps - spec.warmup_steps)
-        frac = (step - spec.warmup_steps) / span
-        return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-    max_start = stream.numel() - spec.seq_len - 1
-    model.train()
-    first_loss = float("nan")
-    recent: list[float] = []
-    for step in range(train_steps):
-        starts = torch.randint(0, max_start, (spec.batch_size,), generator=generator)
-        batch = torch.stack([stream[s : s + spec.seq_len] for s in starts.tolist()])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        out = model(input_ids=batch, labels=batch)
-        loss = out.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
-        value = float(loss.detach())
-        if step == 0:
-            first_loss = value
-        recent = [*recent[-9:], value]
-        if progress is not None:
-            progress(step + 1, train_steps, value)
-        if (step + 1) % log_every == 0 or step + 1 == train_steps:
-            log.info("tiny teacher step %d/%d loss %.4f", step + 1, train_steps, value)
-    model.eval()
-    final = sum(recent) / len(recent) if recent else float("nan")
-    return first_loss, final
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Writes stable, sorted, indented JSON (byte-identical for equal data)."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _save_tokenizer_files(folder: Path, tokenizer: Any, max_len: int) -> None:
-    """Writes tokenizer.json, tokenizer_config.json (with chat template) and special_tokens_map.json."""
-    tokenizer.save(str(folder / "tokenizer.json"), pretty=True)
-    added = {
-        str(tokenizer.token_to_id(tok)): {
-            "content": tok,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for tok in SPECIAL_TOKENS
-    }
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "added_tokens_decoder": added,
-            "additional_special_tokens": list(ROLE_TOKENS),
-            "bos_token": BOS_TOKEN,
-            "eos_token": EOS_TOKEN,
-            "pad_token": PAD_TOKEN,
-            "model_max_length": max_len,
-            "clean_up_tokenization_spaces": False,
-            "chat_template": CHAT_TEMPLATE,
-        },
-    )
-    _write_json(
-        folder / "special_tokens_map.json",
-        {
-            "bos_token": BOS_TOKEN,
-            "eos_token": EOS_TOKEN,
-            "pad_token": PAD_TOKEN,
-            "additional_special_tokens": list(ROLE_TOKENS),
-        },
-    )
-
-
-def _save_model_files(folder: Path, model: Any, config: Any) -> None:
-    """Writes config.json, generation_config.json and model.safetensors (tied lm_head left out)."""
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = config.to_dict()
-    cfg["architectures"] = ["LlamaForCausalLM"]
-    cfg["model_type"] = "llama"
-    cfg["torch_dtype"] = "float32"
-    cfg["dtype"] = "float32"
-    _write_json(folder / "config.json", cfg)
-    # Token ids only: vLLM would take sampling fields here as request defaults.
-    _write_json(
-        folder / "generation_config.json",
-        {
-            "bos_token_id": config.bos_token_id,
-            "eos_token_id": config.eos_token_id,
-            "pad_token_id": config.pad_token_id,
-        },
-    )
-    state = {
-        name: tensor.detach().to(torch.float32).contiguous().clone()
-        for name, tensor in model.state_dict().items()
-        if not (config.tie_word_embeddings and name == "lm_head.weight")
-    }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
 def build_tiny_teacher(
     output_dir: Path,
     *,
@@ -315,6 +184,7 @@ def build_tiny_teacher(
     progress: ProgressCallback | None = None,
     log_every: int = 10,
     overwrite: bool = False,
+    recipe: TeacherRecipe = DEFAULT_RECIPE,
 ) -> Path:
     """Trains the tokenizer and the model and saves a vLLM-loadable folder at output_dir, atomically.
 
@@ -332,8 +202,8 @@ def build_tiny_teacher(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    docs = collect_corpus(spec.corpus_max_bytes)
-    tokenizer = _train_tokenizer(docs, spec.vocab_size)
+    docs = recipe.corpus(spec.corpus_max_bytes)
+    tokenizer = _train_tokenizer(docs, spec.vocab_size, recipe.special_tokens)
     stream = _token_stream(tokenizer, docs)
     log.info(
         "tiny teacher: %d documents, %d tokens, vocab %d, tokenizer in %.1f s",
@@ -349,7 +219,7 @@ def build_tiny_teacher(
         model_cls: Any = LlamaForCausalLM
         model = model_cls(config).to(torch.float32)
         parameters = sum(p.numel() for p in model.parameters())
-        first_loss, final_loss = _train(
+        first_loss, final_loss = train_model(
             model,
             stream,
             spec,
@@ -360,7 +230,7 @@ def build_tiny_teacher(
         )
 
     result = BuildResult(
-        builder_version=BUILDER_VERSION,
+        builder_version=recipe.builder_version,
         seed=seed,
         train_steps=train_steps,
         num_threads=num_threads,
@@ -380,10 +250,20 @@ def build_tiny_teacher(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         tmp.chmod(0o755)
-        _save_tokenizer_files(tmp, tokenizer, spec.max_position_embeddings)
-        _save_model_files(tmp, model, config)
+        save_tokenizer_files(
+            tmp,
+            tokenizer,
+            spec.max_position_embeddings,
+            special_tokens=recipe.special_tokens,
+            additional_special_tokens=recipe.additional_special_tokens,
+            bos=BOS_TOKEN,
+            eos=EOS_TOKEN,
+            pad=PAD_TOKEN,
+            chat_template=recipe.chat_template,
+        )
+        save_model_files(tmp, model, config)
         # Written last: its presence marks a complete folder.
-        _write_json(tmp / "distillery_build.json", asdict(result))
+        write_json(tmp / "distillery_build.json", asdict(result))
         for path in tmp.iterdir():
             path.chmod(0o644)
         if output_dir.exists():
@@ -407,9 +287,9 @@ def build_tiny_teacher(
     return output_dir
 
 
-def tiny_teacher_dir(cache_dir: Path, seed: int = 0) -> Path:
-    """Where ensure_tiny_teacher keeps the build for this builder version and seed."""
-    return Path(cache_dir) / f"tiny-v{BUILDER_VERSION}-seed{seed}"
+def tiny_teacher_dir(cache_dir: Path, seed: int = 0, recipe: TeacherRecipe = DEFAULT_RECIPE) -> Path:
+    """Where ensure_tiny_teacher keeps the build of this recipe, builder version and seed."""
+    return Path(cache_dir) / f"{recipe.cache_prefix}-v{recipe.builder_version}-seed{seed}"
 
 
 def is_complete(model_dir: Path) -> bool:
@@ -417,9 +297,15 @@ def is_complete(model_dir: Path) -> bool:
     return (Path(model_dir) / "distillery_build.json").is_file()
 
 
-def ensure_tiny_teacher(cache_dir: Path, seed: int = 0, *, progress: ProgressCallback | None = None) -> Path:
-    """Returns cache_dir/tiny-v<BUILDER_VERSION>-seed<seed>, building it first if missing (one builder at a time)."""
-    target = tiny_teacher_dir(cache_dir, seed)
+def ensure_tiny_teacher(
+    cache_dir: Path,
+    seed: int = 0,
+    *,
+    progress: ProgressCallback | None = None,
+    recipe: TeacherRecipe = DEFAULT_RECIPE,
+) -> Path:
+    """Returns cache_dir/<prefix>-v<version>-seed<seed>, building it first if missing (one builder at a time)."""
+    target = tiny_teacher_dir(cache_dir, seed, recipe)
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -433,7 +319,15 @@ def ensure_tiny_teacher(cache_dir: Path, seed: int = 0, *, progress: ProgressCal
             for kind in ("tmp", "old"):
                 for stale in target.parent.glob(f".{target.name}.{kind}-*"):
                     shutil.rmtree(stale, ignore_errors=True)
-            build_tiny_teacher(target, seed=seed, progress=progress, overwrite=target.exists())
+            build_tiny_teacher(
+                target,
+                seed=seed,
+                train_steps=recipe.train_steps,
+                spec=recipe.spec,
+                progress=progress,
+                overwrite=target.exists(),
+                recipe=recipe,
+            )
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return target

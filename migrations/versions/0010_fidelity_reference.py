@@ -2,14 +2,14 @@
 encoded top-k (results.reference_logprobs), so every codec's error can be measured on the job's own data.
 
 Revision ID: 0010
-Revises: 0007 (0008 and 0009 are taken by work merged separately; this follows whichever is the head then)
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -80,6 +80,14 @@ def test_delete_removes_the_dataset_its_rows_and_files(service: Service, api: ht
     assert api.delete(f"/v1/datasets/{uuid.uuid4()}").status_code == 404
 
 
+def test_a_deleted_job_makes_no_dataset(api: httpx.Client) -> None:
+    job = _completed_job(api)
+    assert api.delete(f"/v1/jobs/{job}").status_code == 204
+    refused = api.post("/v1/datasets", json={"name": "gone", "jobs": [job]})
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["body", "jobs", 0]
+
+
 def test_another_projects_dataset_cannot_be_deleted(service: Service, api: httpx.Client, job_id: str) -> None:
     dataset = build(api, job_id, "mine")
     with service.client(service.other_key) as other:

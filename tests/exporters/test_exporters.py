@@ -1,5 +1,6 @@
 """Parquet and JSONL exporters: chunks written in turn form one valid file with one row per sample."""
 
+import dataclasses
 import io
 import uuid
 
@@ -64,12 +65,25 @@ def test_jsonl_one_line_per_row_with_minus_inf_as_null() -> None:
     r = row(0, 2, 3)
     lps = np.array(r.arrays.topk_logprobs)
     lps[0, 2] = -np.inf
-    r = ExportRow(
-        *[getattr(r, f) for f in r.__slots__[:-1]],
-        TopKArrays(r.arrays.token_ids, r.arrays.token_logprobs, r.arrays.topk_ids, lps),
-    )
+    r = dataclasses.replace(r, arrays=TopKArrays(r.arrays.token_ids, r.arrays.token_logprobs, r.arrays.topk_ids, lps))
     exporter = JsonlExporter(k=3, teacher="tiny", lineage={})
     lines = (exporter.write([r, row(1, 1, 3)]) + exporter.close()).splitlines()
     assert len(lines) == 2
     first = orjson.loads(lines[0])
     assert first["topk_logprobs"][0][2] is None and first["metadata"] == {"i": 0}
+
+
+def test_answer_start_is_a_column_of_both_formats_null_without_a_boundary() -> None:
+    """The reasoning boundary travels as is: a value where the worker found one, null where it did not."""
+    rows = [
+        dataclasses.replace(row(0, 6, 3), answer_start=4),
+        row(1, 3, 3),
+        dataclasses.replace(row(2, 2, 3), answer_start=2),
+    ]
+    parquet = ParquetExporter(k=3, teacher="tiny", lineage={})
+    table = pq.read_table(io.BytesIO(parquet.write(rows) + parquet.close()))
+    assert table.schema.field("answer_start").type == "int32"
+    assert table.column("answer_start").to_pylist() == [4, None, 2]
+    jsonl = JsonlExporter(k=3, teacher="tiny", lineage={})
+    lines = (jsonl.write(rows) + jsonl.close()).splitlines()
+    assert [orjson.loads(line)["answer_start"] for line in lines] == [4, None, 2]

@@ -55,6 +55,7 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
     assert job["teacher_info"]["logprobs_mode"] == "raw_logprobs"
     assert job["teacher_info"]["tokenizer_fingerprint"].startswith("tok-")
     assert job["teacher_info"]["chat_template_fingerprint"].startswith("chat-")
+    assert job["teacher_info"]["reasoning_end_token_id"] is None, "the code teacher has no </think> token"
     assert job["started_at"] and job["finished_at"]
     records = all_records(api, job["id"], limit=2)
     assert [r["custom_id"] for r in records] == [p["custom_id"] for p in RAW]
@@ -66,6 +67,9 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
 
     data = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "parquet"})
     assert data.status_code == 200
+    assert data.headers["x-distillery-job-status"] == "completed"
+    assert data.headers["x-distillery-items-done"] == data.headers["x-distillery-items-total"] == str(len(RAW))
+    assert data.headers["x-distillery-items-pending"] == "0"
     table = pq.read_table(io.BytesIO(data.content))
     assert table.num_rows == len(RAW)
     rows = table.to_pylist()
@@ -74,6 +78,7 @@ def test_raw_prompts_end_to_end(api: httpx.Client, service: Service) -> None:
         assert row["item_id"] == record["item_id"]
         assert row["tokenizer_fingerprint"] == job["teacher_info"]["tokenizer_fingerprint"]
         assert row["token_ids"] == record["token_ids"]
+        assert row["answer_start"] is None and record["answer_start"] is None
         assert row["topk_ids"] == record["top_logprobs_ids"]
         assert orjson.loads(row["metadata"]) == record["metadata"]
     lineage = orjson.loads(table.schema.metadata[b"distillery"])
@@ -231,6 +236,11 @@ def test_cancel_stops_dispatch(api: httpx.Client) -> None:
     assert counts["done"] + counts["failed"] + counts["cancelled"] == 400
     assert counts["done"] <= 4 * 32, "more than the in-flight batches (4 x 32) were sent"
     assert len(all_records(api, job["id"], limit=1000)) == counts["done"]
+    export = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "jsonl"})
+    assert export.headers["x-distillery-job-status"] == "cancelled"
+    assert export.headers["x-distillery-items-done"] == str(counts["done"])
+    assert export.headers["x-distillery-items-total"] == "400"
+    assert len(export.content.splitlines()) == counts["done"]
 
 
 def test_list_jobs_pages(api: httpx.Client) -> None:

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -176,3 +177,25 @@ def test_split_keeps_a_prompts_samples_together_and_ignores_order() -> None:
     _, val2 = split_by_prompt(shuffled, 0.2)
     assert {shuffled[i] for i in val2} == {keys[i] for i in val}
     assert split_by_prompt(keys, 0.0)[1] == []
+
+
+def test_reasoning_mask_marks_the_targets_before_answer_start(tmp_path: Path) -> None:
+    """answer_start 2 of a 4-token response: targets of r[0], r[1] (the thinking and </think>) are reasoning,
+    r[2], r[3] are answer; a null answer_start marks nothing, and collate pads the mask with False."""
+    rows = [dataclasses.replace(ROWS[0], answer_start=2), ROWS[1]]
+    data = DistillationDataset(write_parquet(tmp_path / "r.parquet", [rows]))
+    first, second = data[0], data[1]
+    # prompt [1, 10, 11] (P = 3): logits position 2 + t predicts r[t].
+    assert first["reasoning_mask"].tolist() == [False, False, True, True, False, False, False]
+    assert (first["topk_mask"] & ~first["reasoning_mask"]).nonzero().squeeze(1).tolist() == [4, 5]
+    assert not second["reasoning_mask"].any()
+    batch = collate([first, second], pad_id=0)
+    assert batch["reasoning_mask"].shape == (2, 7) and batch["reasoning_mask"].sum().item() == 2
+
+
+def test_files_without_answer_start_load_with_no_reasoning_marked(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "old.parquet", [ROWS[:2]])
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["answer_start"]), path)
+    data = DistillationDataset(path)
+    assert not data[0]["reasoning_mask"].any() and data[0]["topk_mask"].sum().item() == 4

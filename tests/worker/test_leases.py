@@ -55,7 +55,7 @@ def outcome_for(item: object, n: int = 1) -> ItemOutcome:
 
 
 async def claim_from(worker: Worker, limit: int, teacher: str = TEACHER) -> Claim:
-    return await worker.claim(teacher, IDENTITY, lambda spec: limit)
+    return await worker.claim(teacher, IDENTITY, lambda spec, pending: limit)
 
 
 async def counts(db: Database, job_id: uuid.UUID) -> tuple[int, int, str]:

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from app.auth.repository import insert_project
 from app.database import Database
 from app.jobs.schemas import GenerationParams, PromptRecord
-from app.jobs.service import _insert_records, aiter_records, new_job, teacher_info_for
+from app.jobs.service import _insert_records, aiter_records, new_job
+from app.jobs.teacher_info import teacher_info_for
 from app.models import Job
 from app.settings import Settings, TeacherConfig
 from app.teachers.service import TeacherRegistry

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.auth.repository import insert_project
 from app.database import Database
@@ -17,6 +17,7 @@ from app.jobs.schemas import GenerationParams, PromptRecord
 from app.jobs.service import _insert_records, aiter_records, cancel_job, new_job
 from app.models import Item, Job, Project
 from app.settings import Settings, TeacherConfig
+from app.worker.dispatcher import tail_limit
 from app.worker.schemas import Claim
 from app.worker.service import Worker
 from tests.worker.test_leases import IDENTITY
@@ -52,7 +53,7 @@ async def make_job(
 
 
 async def take(w: Worker, limit: int = 4, identity: tuple[object, ...] = IDENTITY) -> Claim:
-    return await w.claim(TEACHER.get(), identity, lambda spec: limit)
+    return await w.claim(TEACHER.get(), identity, lambda spec, pending: limit)
 
 
 def job_of(claim: Claim) -> uuid.UUID | None:
@@ -118,3 +119,30 @@ async def test_a_cancelled_jobs_released_items_are_cancelled_not_requeued(databa
     assert sorted(statuses) == ["cancelled"] * 10, statuses
     assert job is not None and job.status == "cancelled" and job.cancelled_items == 10
     assert len(second.items) == 4
+
+
+async def test_the_batch_limit_sees_what_the_jobs_have_left(database: Database) -> None:
+    await make_job(database, "proj-a", 10)
+    await make_job(database, "proj-b", 6)
+    w = worker(database)
+    seen: list[int] = []
+
+    def limit_for(spec: object, pending: int) -> int:
+        seen.append(pending)
+        return 4
+
+    await w.claim(TEACHER.get(), IDENTITY, limit_for)
+    assert seen == [16]  # both jobs' items, before any is taken
+    async with database.transaction() as session:
+        await session.execute(update(Job).where(Job.teacher == TEACHER.get()).values(done_items=Job.done_items + 3))
+    seen.clear()
+    await w.claim(TEACHER.get(), IDENTITY, limit_for)
+    assert seen == [10]  # done items are not pending; leased ones still are (they may come back)
+
+
+@pytest.mark.parametrize(
+    ("queued", "replicas", "limit"),
+    [(10_000, 8, 1250), (500, 8, 63), (64, 8, 8), (3, 8, 8), (-5, 8, 8), (100, 1, 100), (100, 0, 100)],
+)
+def test_tail_limit_is_an_even_share_of_what_is_left(queued: int, replicas: int, limit: int) -> None:
+    assert tail_limit(queued, replicas) == limit
