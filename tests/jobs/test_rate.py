@@ -59,7 +59,8 @@ async def test_job_read_shows_the_rate_of_a_job_started_seconds_ago(database_url
             job.status = "running"
             job.started_at = datetime.now(UTC) - timedelta(seconds=4)
             await repository.insert_job(session, job)
-            session.add(JobProgress(job_id=job.id, bucket=int(time.time()) // repository.PROGRESS_BUCKET_S, tokens=4800))
+            bucket = int(time.time()) // repository.PROGRESS_BUCKET_S
+            session.add(JobProgress(job_id=job.id, bucket=bucket, tokens=4800))
         async with db.transaction(readonly=True) as session:
             stored = await repository.get_job(session, job.id, project_id)
             assert stored is not None
@@ -69,4 +70,3 @@ async def test_job_read_shows_the_rate_of_a_job_started_seconds_ago(database_url
         assert 900 < read.tokens_per_second <= 1200, read.tokens_per_second
     finally:
         await db.dispose()
-
