@@ -74,9 +74,20 @@ async def job_view(
     (read,) = await jobs_service.to_reads(session, [job])
     failures = (await jobs_service.list_failures(session, job_id, project_id, cursor=None, limit=50)).failures
     buckets = await repository.progress_buckets(session, job_id)
-    points = [(float(b * PROGRESS_BUCKET_S), t / PROGRESS_BUCKET_S) for b, t in buckets]
+    points = [(float(b * PROGRESS_BUCKET_S), bucket_rate(b, t, read)) for b, t in buckets]
     page = await records_service.record_page(session, job, cursor=cursor, limit=50, max_bytes=max_bytes)
     return JobView(read, failures, points, page.records, page.next_cursor)
+
+
+def bucket_rate(bucket: int, tokens: int, job: JobRead) -> float:
+    """Tokens/s in one 10-s bucket, over the part of it the job was running (its first and last buckets are
+    partial: 144 tokens in the job's only 0.4 s are not 14 tok/s)."""
+    start, end = bucket * PROGRESS_BUCKET_S, (bucket + 1) * PROGRESS_BUCKET_S
+    if job.started_at is not None:
+        start = max(start, int(job.started_at.timestamp()))
+    if job.finished_at is not None:
+        end = min(end, int(job.finished_at.timestamp()) + 1)
+    return tokens / max(end - start, 1)
 
 
 async def job_summary(session: AsyncSession, project_id: uuid.UUID, job_id: uuid.UUID) -> JobRead:

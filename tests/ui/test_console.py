@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -41,6 +42,7 @@ def console_errors(browser: Any) -> list[str]:
 
 
 def visit(browser: Any, url: str, artifacts: Path, name: str) -> None:
+    console_errors(browser)  # drain what earlier pages logged
     browser.get(url)
     wait_for(lambda: browser.execute_script("return document.readyState") == "complete", what=f"{name} loaded")
     time.sleep(0.3)  # scripts run their first paint
@@ -52,12 +54,15 @@ def visit(browser: Any, url: str, artifacts: Path, name: str) -> None:
 def sign_in(browser: Any, service: Service, key: str) -> None:
     from selenium.webdriver.common.by import By
 
+    console_errors(browser)  # drain what earlier pages logged
     browser.delete_all_cookies()
     browser.get(f"{service.url}/ui/jobs")
-    wait_for(lambda: "/ui/sign-in" in browser.current_url, what="redirect to sign-in")
+    wait_for(lambda: urlsplit(browser.current_url).path == "/ui/sign-in", what="redirect to sign-in")
     browser.find_element(By.ID, "api_key").send_keys(key)
     browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
-    wait_for(lambda: browser.current_url.endswith("/ui/jobs"), what="the jobs page after sign-in")
+    wait_for(lambda: urlsplit(browser.current_url).path == "/ui/jobs", what="the jobs page after sign-in")
+    errors = console_errors(browser)
+    assert not errors, f"console errors while signing in: {errors}"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,7 @@ def test_sign_in_page_is_labelled_and_refuses_a_wrong_key(browser: Any, service:
 
     browser.delete_all_cookies()
     visit(browser, f"{service.url}/ui/jobs", artifacts, "sign-in")
-    assert "/ui/sign-in" in browser.current_url
+    assert urlsplit(browser.current_url).path == "/ui/sign-in"
     key_input = browser.find_element(By.ID, "api_key")
     assert browser.find_element(By.CSS_SELECTOR, "label[for=api_key]").text == "API key"
     key_input.send_keys("dk_000000000000_wrong")
@@ -99,18 +104,23 @@ def test_a_submitted_job_reaches_100_percent_in_the_list_without_a_reload(
     visit(browser, f"{service.url}/ui/jobs", artifacts, "jobs-before")
     browser.execute_script("window.__notReloaded = true")
     with service.client() as api:
-        job = submit(api, PROMPTS, max_tokens=64, top_logprobs=20)
+        # Long enough (~10k tokens) to be seen running: the idle list polls every 2 s.
+        job = submit(api, [{"prompt": f"import m{i}\n"} for i in range(160)], max_tokens=64, top_logprobs=20)
     row_css = f"tr[data-job-id='{job['id']}']"
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, row_css), timeout=30, what="the new job's row")
     seen: set[str] = set()
 
     def finished() -> bool:
-        rows = browser.find_elements(By.CSS_SELECTOR, row_css)
-        if not rows:
+        # Read in one script: the rows are replaced under us every second.
+        state = browser.execute_script(
+            "const r = document.querySelector(arguments[0]);"
+            "return r ? [r.dataset.status, r.querySelector('.pct').dataset.pct] : null;",
+            row_css,
+        )
+        if state is None:
             return False
-        seen.add(rows[0].get_attribute("data-status"))
-        pct = rows[0].find_element(By.CSS_SELECTOR, ".pct").get_attribute("data-pct")
-        return rows[0].get_attribute("data-status") == "completed" and float(pct) == 100.0
+        seen.add(state[0])
+        return state[0] == "completed" and float(state[1]) == 100.0
 
     wait_for(finished, timeout=120, what="the job at 100% in the list")
     assert browser.execute_script("return window.__notReloaded === true"), "the page was reloaded"
@@ -256,9 +266,9 @@ def test_signing_out_ends_the_session(browser: Any, service: Service) -> None:
 
     sign_in(browser, service, service.api_key)
     browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
-    wait_for(lambda: "/ui/sign-in" in browser.current_url, what="the sign-in page")
+    wait_for(lambda: urlsplit(browser.current_url).path == "/ui/sign-in", what="the sign-in page")
     browser.get(f"{service.url}/ui/jobs")
-    assert "/ui/sign-in" in browser.current_url
+    assert urlsplit(browser.current_url).path == "/ui/sign-in"
 
 
 def test_teachers_and_datasets_pages(browser: Any, service: Service, artifacts: Path, done_job: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 (function () {
   const LIVE = new Set(["loading", "queued", "running"]);
   const POLL_MS = 1000;
-  const IDLE_POLL_MS = 3000;
+  const IDLE_POLL_MS = 2000;
 
   async function fetchFragment(url) {
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
@@ -67,11 +67,12 @@
       add("text", { x: L + 10, y: H / 2 }, "no progress recorded yet");
       return;
     }
-    const t0 = pts[0][0], t1 = Math.max(pts[pts.length - 1][0], t0 + 1);
+    const t0 = pts[0][0], t1 = Math.max(pts[pts.length - 1][0], t0 + 10);
     const top = Math.max(1, ...pts.map((p) => p[1]));
     const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - 4);
     const y = (v) => H - B - (v / top) * (H - B - 8);
     add("polyline", { class: "line", points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ") });
+    pts.forEach((p) => add("circle", { cx: x(p[0]).toFixed(1), cy: y(p[1]).toFixed(1), r: 3, class: "dot" }));
     add("text", { x: 2, y: 14 }, `${Math.round(top)} tok/s`);
     add("text", { x: 2, y: H - B }, "0");
     add("text", { x: L, y: H - 2 }, new Date(t0 * 1000).toLocaleTimeString());

@@ -63,7 +63,8 @@
     if (!tip.hidden) show(current);
   }
 
-  const label = (text, id) => (text === null ? `⟨${id}⟩` : JSON.stringify(text).slice(1, -1));
+  // JSON escapes make newlines and tabs visible; spaces show as ␣.
+  const label = (text, id) => (text === null ? `⟨${id}⟩` : JSON.stringify(text).slice(1, -1).replace(/ /g, "␣"));
 
   function show(i) {
     current = i;
