@@ -199,6 +199,29 @@ def test_the_viewer_shows_each_token_and_its_stored_top_k(
     assert not console_errors(browser)
 
 
+def test_the_viewer_shows_a_scored_response_token_by_token(browser: Any, service: Service, artifacts: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    body = {
+        "teacher": "tiny",
+        "kind": "score",
+        "params": {"top_logprobs": 3},
+        "prompts": [{"prompt": "def add(a, b):\n", "response": "    return a + b\n"}],
+    }
+    with service.client() as api:
+        created = api.post("/v1/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job = wait_done(api, created.json()["id"])
+        record = api.get(f"/v1/jobs/{job['id']}/records").json()["records"][0]
+    sign_in(browser, service, service.api_key)
+    url = f"{service.url}/ui/jobs/{job['id']}/records/{record['item_id']}/{record['sample_index']}"
+    visit(browser, url, artifacts, "viewer-score")
+    assert browser.find_element(By.ID, "h-output").text.startswith("Scored response")
+    tokens = browser.find_elements(By.CSS_SELECTOR, "#tokens .tok")
+    assert len(tokens) == len(record["token_ids"]) > 0
+    assert "".join(t.get_attribute("textContent") for t in tokens) == "    return a + b\n"
+
+
 def test_the_shading_scale_keeps_the_text_readable(browser: Any, service: Service, done_job: dict[str, Any]) -> None:
     """Contrast (WCAG) of the token text on the darkest and the lightest shade is at least 4.5:1."""
     from selenium.webdriver.common.by import By
