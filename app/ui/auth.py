@@ -72,9 +72,28 @@ async def home() -> Response:
     return RedirectResponse("/ui/jobs", status_code=303)
 
 
+def _sign_in_page(request: Request, next_path: str, error: str | None, status_code: int = 200) -> Response:
+    """The form, with a fresh sign-in CSRF token in the form and in a SameSite=Strict cookie: another site
+    cannot post a key of its own choosing to sign the browser in to its project."""
+    token = sessions.new_sign_in_token()
+    response = page(
+        request, "sign_in.html", status_code=status_code, next=next_path, error=error, principal=None, csrf=token
+    )
+    response.set_cookie(
+        sessions.SIGN_IN_COOKIE,
+        token,
+        max_age=3600,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
 @router.get("/sign-in", response_class=HTMLResponse)
 async def sign_in_form(request: Request, next: str | None = None) -> Response:
-    return page(request, "sign_in.html", next=_safe_next(next), error=None, principal=None)
+    return _sign_in_page(request, _safe_next(next), None)
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
@@ -84,7 +103,10 @@ async def sign_in(
     settings: SettingsDep,
     api_key: Annotated[str, Form(max_length=256)] = "",
     next: Annotated[str, Form(max_length=2048)] = "",
+    csrf: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
+    if not sessions.sign_in_token_ok(request.cookies.get(sessions.SIGN_IN_COOKIE), csrf):
+        return _sign_in_page(request, _safe_next(next), "The form expired; sign in again.", status_code=403)
     key = api_key.strip()
     principal = await database.run(lambda s: auth_service.authenticate(s, key), readonly=True) if key else None
     found = None
@@ -92,10 +114,11 @@ async def sign_in(
         found = await database.run(lambda s: auth_service.key_principal(s, principal.key_id), readonly=True)
     if principal is None or found is None:
         error = "That API key is unknown or revoked." if key else "Enter an API key."
-        return page(request, "sign_in.html", status_code=401, next=_safe_next(next), error=error, principal=None)
+        return _sign_in_page(request, _safe_next(next), error, status_code=401)
     lifetime = settings.ui_session_hours * 3600
     cookie = sessions.make_cookie(sessions.server_secret(settings), found[1], principal.key_id, lifetime)
     response = RedirectResponse(_safe_next(next), status_code=303)
+    response.delete_cookie(sessions.SIGN_IN_COOKIE, path="/ui", httponly=True, samesite="strict")
     response.set_cookie(
         sessions.COOKIE,
         cookie,

@@ -17,6 +17,7 @@ from pathlib import Path
 from app.settings import Settings
 
 COOKIE = "distillery_session"
+SIGN_IN_COOKIE = "distillery_sign_in"
 SECRET_FILE = "ui-session-secret"
 
 
@@ -86,3 +87,13 @@ def csrf_token(secret: bytes, cookie: str) -> str:
 
 def csrf_ok(secret: bytes, cookie: str, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(csrf_token(secret, cookie), token)
+
+
+def new_sign_in_token() -> str:
+    """A random token for the sign-in form, also set as a cookie (double submit: a cross-site form has the
+    field but not the SameSite=Strict cookie)."""
+    return secrets.token_urlsafe(24)
+
+
+def sign_in_token_ok(cookie: str | None, field: str | None) -> bool:
+    return bool(cookie) and bool(field) and hmac.compare_digest(cookie or "", field or "")

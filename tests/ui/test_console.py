@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from app.ui import sessions
 from tests.conftest import Service
 from tests.helpers import submit, wait_done
 
@@ -84,7 +85,8 @@ def test_sign_in_page_is_labelled_and_refuses_a_wrong_key(browser: Any, service:
     browser.find_element(By.CSS_SELECTOR, "form.signin button[type=submit]").click()
     alert = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[role=alert]"), what="the error")
     assert "unknown or revoked" in alert[0].text
-    assert not browser.get_cookies(), "a refused key must not leave a session"
+    names = {c["name"] for c in browser.get_cookies()}
+    assert sessions.COOKIE not in names, "a refused key must not leave a session"
 
 
 def test_the_session_cookie_is_httponly_strict_and_holds_no_key(browser: Any, service: Service) -> None:
@@ -256,7 +258,12 @@ def test_a_form_without_the_csrf_token_changes_nothing(service: Service) -> None
     with service.client() as api:
         job = submit(api, PROMPTS[:2], max_tokens=4, top_logprobs=1)
         with httpx.Client(base_url=service.url, timeout=30) as web:
-            signed = web.post("/ui/sign-in", data={"api_key": service.api_key, "next": "/ui/jobs"})
+            forged = web.post("/ui/sign-in", data={"api_key": service.api_key, "csrf": "forged"})
+            assert forged.status_code == 403 and sessions.COOKIE not in web.cookies  # a cross-site sign-in
+            form = web.get("/ui/sign-in")
+            token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert token is not None
+            signed = web.post("/ui/sign-in", data={"api_key": service.api_key, "csrf": token[1], "next": "/ui/jobs"})
             assert signed.status_code == 303
             refused = web.post(f"/ui/jobs/{job['id']}/cancel", data={"csrf": "forged"})
             assert refused.status_code == 403
