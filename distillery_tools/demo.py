@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ def _serve_console(url: str, job_id: str, api_key: str, data_dir: Path) -> None:
     """Keep the teacher and the service up, with the console's URL for the demo job, until Ctrl-C."""
     key_file = write_secret(data_dir / "demo-api-key", api_key + "\n")
     print(f"console: {url}/ui/jobs/{job_id}  (sign in with the key in {key_file}; Ctrl-C stops the demo)", flush=True)
+    # Ctrl-C or a plain kill ends it cleanly (the service and the teacher stop on the way out), even when
+    # started in the background, where the shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)
