@@ -50,6 +50,17 @@ def visit(browser: Any, url: str, artifacts: Path, name: str) -> None:
     browser.save_screenshot(str(artifacts / f"{name}.png"))
     errors = console_errors(browser)
     assert not errors, f"console errors on {name}: {errors}"
+    unlabelled = browser.execute_script(UNLABELLED_CONTROLS)
+    assert not unlabelled, f"form controls without a label on {name}: {unlabelled}"
+
+
+# Visible form controls with no accessible name: no <label for>, no wrapping <label>, no aria-label(ledby).
+UNLABELLED_CONTROLS = """
+return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+  .filter(el => !(el.labels && el.labels.length))
+  .filter(el => !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
+  .map(el => el.outerHTML);
+"""
 
 
 def sign_in(browser: Any, service: Service, key: str) -> None:
