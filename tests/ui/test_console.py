@@ -140,6 +140,13 @@ def test_a_submitted_job_reaches_100_percent_in_the_list_without_a_reload(
     assert seen & {"queued", "running"}, f"the row was never live: {seen}"
     browser.save_screenshot(str(artifacts / "jobs.png"))
     assert not console_errors(browser)
+    # The filters: by status and by teacher.
+    browser.get(f"{service.url}/ui/jobs?status=running")
+    assert not browser.find_elements(By.CSS_SELECTOR, row_css)
+    browser.get(f"{service.url}/ui/jobs?status=completed&teacher=tiny")
+    assert browser.find_elements(By.CSS_SELECTOR, row_css)
+    browser.get(f"{service.url}/ui/jobs?teacher=another")
+    assert not browser.find_elements(By.CSS_SELECTOR, row_css)
 
 
 def test_the_job_page_shows_counts_lineage_and_records(
@@ -200,6 +207,15 @@ def test_the_viewer_shows_each_token_and_its_stored_top_k(
     browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
     assert browser.switch_to.active_element.get_attribute("data-i") == "1"
     assert browser.find_element(By.CSS_SELECTOR, "#tip div").text.startswith("token 1:")
+
+    # Shading by entropy: each token's confidence is 1 - H(top-k + tail) / ln(k + 1), from the stored logprobs.
+    browser.find_element(By.CSS_SELECTOR, "input[name=shade][value=entropy]").click()
+    shown_conf = float(tokens[position].get_attribute("data-confidence"))
+    probs_k = [math.exp(lp) for _, lp in stored]
+    tail = max(0.0, 1 - sum(probs_k))
+    entropy = -sum(p * math.log(p) for p in [*probs_k, tail] if p > 0)
+    assert shown_conf == pytest.approx(1 - entropy / math.log(len(stored) + 1), abs=1e-3)
+    browser.find_element(By.CSS_SELECTOR, "input[name=shade][value=prob]").click()
 
     # At temperature T the top-k are re-softmaxed: they sum to 1 and follow softmax(logprob / T).
     browser.find_element(By.CSS_SELECTOR, "input[name=dist][value=temp]").click()
