@@ -140,7 +140,10 @@ async def export_job(
             database, job.id, exporter, chunk_rows=settings.export_chunk_rows, chunk_bytes=settings.chunk_bytes
         ),
         media_type=exporter.media_type,
-        headers={"content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"'},
+        headers={
+            "content-disposition": f'attachment; filename="job-{job.id}.{exporter.extension}"',
+            **records_service.export_headers(job),
+        },
     )
 
 

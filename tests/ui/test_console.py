@@ -164,6 +164,7 @@ def test_the_job_page_shows_counts_lineage_and_records(
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
     export = httpx.get(links[0], cookies=cookies, timeout=60)
     assert export.status_code == 200 and export.content[:4] == b"PAR1"
+    assert export.headers["x-distillery-job-status"] == "completed"
 
 
 def test_the_viewer_shows_each_token_and_its_stored_top_k(
