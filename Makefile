@@ -19,14 +19,21 @@ $(STAMP): pyproject.toml deploy/requirements.lock
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
+# Ends by printing the web console's URL for the demo job and keeps the service up until Ctrl-C
+# (`make demo DEMO_FLAGS=` exits after the export instead).
+DEMO_FLAGS ?= --serve
 demo: setup
-	$(PY) -m app demo
+	$(PY) -m app demo $(DEMO_FLAGS)
 
-# Debian's prometheus (server and promtool) for the deployment tests; skipped when already there.
+# Debian's prometheus (server and promtool) for the deployment tests, and chromium with its chromedriver for the
+# console's browser tests (tests/ui); each skipped when already there.
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }; }
 
 test: setup tools
 	$(PY) -m pytest

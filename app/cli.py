@@ -278,11 +278,15 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="Where the SQLite database and the export go.")] = Path("data/demo"),
     max_tokens: int = 64,
     top_logprobs: int = 20,
+    serve: Annotated[
+        bool, typer.Option(help="Then keep the service up and print the web console's URL for the job (Ctrl-C ends).")
+    ] = False,
 ) -> None:
     """End to end on this machine: tiny teacher, vLLM, the service on SQLite, a job, its Parquet export."""
     from distillery_tools.demo import run_demo
 
-    sys.exit(run_demo(prompts=prompts, data_dir=data_dir, max_tokens=max_tokens, top_logprobs=top_logprobs))
+    code = run_demo(prompts=prompts, data_dir=data_dir, max_tokens=max_tokens, top_logprobs=top_logprobs, serve=serve)
+    sys.exit(code)
 
 
 def main() -> None:

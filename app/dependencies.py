@@ -59,6 +59,15 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 # Routes that answer without a key; every other route requires one (the app-wide dependency below).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The web console: its pages take no bearer key but a session cookie, checked by their own dependency
+# (app.ui.auth.session_principal) against the same key records.
+CONSOLE_PREFIX = "/ui/"
+
+
+def _is_public(path: str | None) -> bool:
+    if path is None:
+        return False
+    return path in PUBLIC_PATHS or path == CONSOLE_PREFIX.rstrip("/") or path.startswith(CONSOLE_PREFIX)
 
 
 async def authorize(
@@ -70,7 +79,7 @@ async def authorize(
     401 when the key is missing, unknown or revoked, unless the route is public. Looked up in a read-only
     transaction of its own, so it never holds the request's write lock."""
     route = request.scope.get("route")
-    if getattr(route, "path", None) in PUBLIC_PATHS:
+    if _is_public(getattr(route, "path", None)):
         return None
     principal = None
     if credentials is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,6 +40,11 @@ from app.records.api import router as records_router
 from app.settings import Settings, get_settings
 from app.teachers.api import router as teachers_router
 from app.teachers.service import TeacherRegistry
+from app.ui import auth as ui_auth
+from app.ui.api import router as ui_router
+from app.ui.docs import add_offline_docs
+from app.ui.pages import router as ui_pages_router
+from app.ui.render import STATIC
 from app.worker.service import Worker
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Teacher top-k logprobs as knowledge-distillation datasets.",
         lifespan=lifespan,
+        docs_url=None,  # served offline below (add_offline_docs)
+        redoc_url=None,  # ReDoc would load its script from a CDN
         dependencies=[Depends(authorize)],  # every route needs a key unless its path is in PUBLIC_PATHS
     )
     app.add_middleware(
@@ -124,6 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(batches_router)
     app.include_router(observability_router)
+    # The console: its routes check a session cookie (ui_auth), not a bearer key; see PUBLIC_PATHS.
+    app.include_router(ui_auth.router)
+    app.include_router(ui_router)
+    app.include_router(ui_pages_router)
+    app.add_exception_handler(ui_auth.SignInRequired, ui_auth.sign_in_redirect)
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    add_offline_docs(app)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 

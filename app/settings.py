@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often workers look for sweeps due (they are also woken at once)."
     )
 
+    ui_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the web console's session cookies; when unset, a random one is kept in data_dir "
+        "(every process of one service must share it).",
+    )
+    ui_session_hours: float = Field(default=12.0, gt=0, description="How long a console sign-in lasts.")
     export_chunk_rows: int = Field(default=512, ge=1, description="At most this many rows per export chunk.")
     max_page_size: int = Field(default=1000, ge=1)
     chunk_bytes: int = Field(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from rich.console import Console
 
 from app.api_client import DistilleryClient
+from app.main import write_secret
 from app.progress import follow_job
 from distillery_tools.service_process import ServiceProcess
 from distillery_tools.tiny_teacher import default_cache_dir
@@ -18,7 +21,8 @@ from distillery_tools.tiny_teacher.serve import VllmServer
 console = Console(stderr=True)
 
 
-def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: int) -> int:
+def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: int, serve: bool = False) -> int:
+    """The demo; with `serve`, it then keeps everything up and prints the console's URL for the job."""
     data_dir.mkdir(parents=True, exist_ok=True)
     console.print("[bold]1/5[/bold] tiny teacher (built once, then cached)")
     model_dir = ensure_tiny_teacher(default_cache_dir())
@@ -50,6 +54,13 @@ def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: in
                 out = data_dir / f"job-{job['id']}.parquet"
                 console.print(f"[bold]5/5[/bold] exporting to {out}")
                 size = client.export(job["id"], out)
+            ok = _summary(job, out, size, elapsed, top_logprobs)
+            if serve:
+                _serve_console(service.url, job["id"], api_key, data_dir)
+    return 0 if ok else 1
+
+
+def _summary(job: dict[str, Any], out: Path, size: int, elapsed: float, top_logprobs: int) -> bool:
     table = pq.read_table(out)
     tokens = sum(len(x) for x in table.column("token_ids").to_pylist())
     counts = job["counts"]
@@ -58,4 +69,19 @@ def run_demo(*, prompts: Path, data_dir: Path, max_tokens: int, top_logprobs: in
         f"{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.0f} tok/s), k={top_logprobs}"
     )
     print(f"exported {out} rows={table.num_rows} bytes={size} ({size / max(tokens, 1):.1f} B/token)")
-    return 0 if job["status"] == "completed" and table.num_rows == counts["done"] else 1
+    return bool(job["status"] == "completed" and table.num_rows == counts["done"])
+
+
+def _serve_console(url: str, job_id: str, api_key: str, data_dir: Path) -> None:
+    """Keep the teacher and the service up, with the console's URL for the demo job, until Ctrl-C."""
+    key_file = write_secret(data_dir / "demo-api-key", api_key + "\n")
+    print(f"console: {url}/ui/jobs/{job_id}  (sign in with the key in {key_file}; Ctrl-C stops the demo)", flush=True)
+    # Ctrl-C or a plain kill ends it cleanly (the service and the teacher stop on the way out), even when
+    # started in the background, where the shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")

@@ -72,3 +72,13 @@ async def ensure_first_key(session: AsyncSession) -> ApiKeyCreated | None:
     if await repository.count_keys(session):
         return None
     return await create_key(session, DEFAULT_PROJECT)
+
+
+async def key_principal(session: AsyncSession, key_id: str) -> tuple[Principal, str] | None:
+    """The project of a live (unrevoked) key found by its public id, with the key's stored hash (which a
+    console session's signature is bound to): None when the key is unknown or revoked."""
+    found = await repository.key_with_project(session, key_id)
+    if found is None or found[0].revoked_at is not None:
+        return None
+    api_key, project = found
+    return Principal(project_id=project.id, project=project.name, key_id=api_key.key_id), api_key.key_hash

@@ -243,7 +243,9 @@ class JobRead(BaseModel):
     params: GenerationParams
     counts: JobCounts
     tokens_generated: int
-    tokens_per_second: float = Field(description="Generated tokens per second over the last 30 seconds.")
+    tokens_per_second: float = Field(
+        description="Generated tokens per second over the last 30-40 seconds, or over the part of them the job ran."
+    )
     teacher_info: dict[str, Any] = Field(description="The teacher's identity as its server reported it.")
     created_at: datetime
     started_at: datetime | None

@@ -279,13 +279,27 @@ def progress_horizon() -> int:
     return _bucket_now() - RATE_WINDOW_BUCKETS - PROGRESS_SPARE_BUCKETS
 
 
+def tokens_per_second(
+    tokens: int, window_start: float, now: float, started_at: datetime | None, finished_at: datetime | None
+) -> float:
+    """Tokens stored since `window_start` over the part of [window_start, now] the job was running: a job
+    that started 3 s ago and made 3,600 tokens runs at 1,200 tok/s, not 3,600 over the whole window."""
+    start = max(window_start, started_at.timestamp()) if started_at is not None else window_start
+    end = min(now, finished_at.timestamp()) if finished_at is not None else now
+    # A floor of one second: a job's first tokens are not divided by a few milliseconds.
+    running_s = max(end - start, 1.0)
+    return round(tokens / running_s, 1) if tokens else 0.0
+
+
 async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
-    """JobRead for each job, with tokens/s over the last RATE_WINDOW_BUCKETS full buckets."""
+    """JobRead for each job, with tokens/s over the last RATE_WINDOW_BUCKETS full buckets (and the bucket under
+    way), divided by the part of that window the job was running."""
     now_bucket = _bucket_now()
     since = now_bucket - RATE_WINDOW_BUCKETS
     live = [j.id for j in jobs if j.status not in ("loading", "queued")]
     recent = await repository.recent_tokens(session, live, since_bucket=since)
-    window_s = RATE_WINDOW_BUCKETS * repository.PROGRESS_BUCKET_S + time.time() % repository.PROGRESS_BUCKET_S
+    now = time.time()
+    window_start = since * repository.PROGRESS_BUCKET_S
     return [
         JobRead(
             id=j.id,
@@ -302,7 +316,7 @@ async def to_reads(session: AsyncSession, jobs: list[Job]) -> list[JobRead]:
                 pending=j.total_items - j.done_items - j.failed_items - j.cancelled_items,
             ),
             tokens_generated=j.tokens_generated,
-            tokens_per_second=round(recent.get(j.id, 0) / window_s, 1) if window_s > 0 else 0.0,
+            tokens_per_second=tokens_per_second(recent.get(j.id, 0), window_start, now, j.started_at, j.finished_at),
             teacher_info=j.teacher_info,
             created_at=j.created_at,
             started_at=j.started_at,

@@ -81,6 +81,14 @@ class TeacherClient:
     async def post_json(self, path: str, body: dict[str, Any], *, timeout: float = 30.0) -> Any:
         return orjson.loads(await self._post(path, body, timeout=timeout))
 
+    async def detokenize(self, token_id: int) -> str:
+        """The text of one token id, as the server's tokenizer decodes it alone (vLLM's /detokenize)."""
+        answer = await self.post_json("/detokenize", {"model": self.config.model, "tokens": [token_id]})
+        text = answer.get("prompt") if isinstance(answer, dict) else None
+        if not isinstance(text, str):
+            raise TeacherError("the teacher's /detokenize answer has no prompt string", transient=False)
+        return text
+
     async def health(self) -> bool:
         try:
             response = await self._http.get("/health", timeout=5.0)

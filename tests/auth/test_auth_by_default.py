@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -44,18 +45,37 @@ def concrete(path: str) -> str:
 def test_every_route_but_the_public_ones_needs_a_key(app: FastAPI, client: TestClient) -> None:
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     assert "/v1/added-later" in {r.path for r in routes}
-    checked = 0
+    checked = console_checked = 0
     for route in routes:
         for method in route.methods:
-            response = client.request(method, concrete(route.path), json={})
+            response = client.request(method, concrete(route.path), json={}, follow_redirects=False)
             if route.path in PUBLIC_PATHS:
                 assert response.status_code == 200, (method, route.path, response.text)
+                continue
+            if route.path.startswith("/ui"):
+                console_checked += console_route_is_closed(client, method, route.path, response)
                 continue
             assert response.status_code == 401, (method, route.path, response.status_code, response.text)
             if method != "HEAD":
                 assert response.json()["detail"][0]["loc"] == ["header", "authorization"]
             checked += 1
     assert checked >= 10  # the jobs, records, datasets and teachers routes, not just the one added
+    assert console_checked >= 10
+
+
+def console_route_is_closed(client: TestClient, method: str, path: str, response: httpx.Response) -> int:
+    """A console route without a session: its sign-in form, a refused sign-in, or a way to sign in (a redirect
+    for pages, 403 for forms, whose CSRF check comes first); never the data."""
+    if path in ("/ui", "/ui/sign-in") and method == "GET":
+        assert response.status_code in (200, 303), (method, path, response.status_code)
+    elif path == "/ui/sign-in":  # no sign-in CSRF cookie and token
+        assert response.status_code == 403, (method, path, response.status_code)
+    elif method == "POST":
+        assert response.status_code == 403, (method, path, response.status_code, response.text)
+    else:
+        assert response.status_code == 303, (method, path, response.status_code)
+        assert response.headers["location"].startswith("/ui/sign-in?next="), response.headers
+    return 1
 
 
 def test_the_schema_marks_exactly_the_public_routes_as_open(client: TestClient) -> None:

@@ -14,6 +14,19 @@ from pathlib import Path
 import asyncpg
 
 ROOT = Path(__file__).resolve().parents[2]
+CONSOLE_FILES = """
+from fastapi.testclient import TestClient
+from app.ui.render import STATIC, TEMPLATES
+from app.ui import auth
+from fastapi import FastAPI
+for path in (TEMPLATES / "base.html", TEMPLATES / "viewer.html", STATIC / "ui.css", STATIC / "viewer.js"):
+    assert str(path).startswith(__import__("sys").prefix), path
+    print(path.name) if path.is_file() else None
+app = FastAPI()
+app.include_router(auth.router)
+page = TestClient(app).get("/ui/sign-in")
+print("sign-in-renders" if page.status_code == 200 and "api_key" in page.text else page.text)
+"""
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -49,6 +62,9 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(empty_postgres: str, 
     # The wheel built the top-k scanner (app/teachers/_scan.c) itself: the ingest path's speed depends on it.
     scanner = run(python, "-c", "from app.teachers import _scan; print(_scan.__file__)", cwd=tmp_path, env=env)
     assert scanner.startswith(str(venv)), scanner
+    # The console's templates and static files ship in the wheel, and a page renders from the installed copy.
+    shipped = run(python, "-c", CONSOLE_FILES, cwd=tmp_path, env=env)
+    assert shipped.split() == ["base.html", "viewer.html", "ui.css", "viewer.js", "sign-in-renders"], shipped
     out = run(venv / "bin" / "distillery", "db", "upgrade", cwd=tmp_path, env=env)
     assert "schema at head" in out and "postgres@127.0.0.1" in out
     heads = sorted(p.name.split("_")[0] for p in (ROOT / "migrations" / "versions").glob("[0-9]*.py"))
