@@ -160,3 +160,17 @@ def test_kwargs_the_template_refuses_are_a_422_naming_the_field(api: httpx.Clien
     assert error["loc"] == ["body", "params", "chat_template_kwargs"]
     assert "enable_thinking must be true or false" in error["msg"]
     assert [j["id"] for j in api.get("/v1/jobs").json()["jobs"]] == before, "no job is left behind"
+
+
+def test_skip_special_tokens_decides_whether_the_text_shows_the_markers(api: httpx.Client, end_id: int) -> None:
+    """The same greedy completions, decoded with and without the special tokens (</think> is one)."""
+    records = {}
+    for skip in (True, False):
+        job = submit(api, CHATS[:2], max_tokens=48, temperature=0.0, top_logprobs=1, skip_special_tokens=skip)
+        assert wait_done(api, job["id"])["status"] == "completed"
+        records[skip] = all_records(api, job["id"])
+    assert [r["token_ids"] for r in records[True]] == [r["token_ids"] for r in records[False]]
+    closed = [r for r in records[False] if end_id in r["token_ids"]]
+    assert closed, "no greedy completion closed its thinking"
+    assert all(THINK_END in r["text"] for r in closed)
+    assert all(THINK_END not in r["text"] for r in records[True])
