@@ -11,16 +11,21 @@ from app.jobs import repository as jobs_repository
 from app.jobs.schemas import GenerationParams, PromptRecord
 from app.jobs.service import item_row, new_job
 from app.worker.service import Worker
-from tests.worker.test_leases import TEACHER, claim_from, settings
+from tests.worker.test_leases import claim_from, settings
 
 VARIANTS = [GenerationParams(max_tokens=3, top_logprobs=2), GenerationParams(max_tokens=9, top_k=5, top_logprobs=2)]
 
 
-async def make_variant_job(db: Database, pattern: list[int]) -> uuid.UUID:
+def own_teacher() -> str:
+    """A teacher name of the test's own: other tests' queued items on the session's database stay out."""
+    return f"variants-{uuid.uuid4().hex[:8]}"
+
+
+async def make_variant_job(db: Database, teacher: str, pattern: list[int]) -> uuid.UUID:
     """A job whose i-th item uses parameter set pattern[i]."""
     async with db.transaction() as session:
         project = await insert_project(session, f"variants-{uuid.uuid4().hex[:8]}")
-        job = new_job(project.id, TEACHER, VARIANTS[0], {"max_logprobs": 20})
+        job = new_job(project.id, teacher, VARIANTS[0], {"max_logprobs": 20})
         job.variants = [v.lineage() for v in VARIANTS]
         job.total_items = len(pattern)
         session.add(job)
@@ -32,10 +37,11 @@ async def make_variant_job(db: Database, pattern: list[int]) -> uuid.UUID:
 
 async def test_a_claim_takes_items_of_one_parameter_set_with_that_sets_params(database: Database) -> None:
     pattern = [0, 1, 1, 0, 1, 0, 0, 1]
-    job_id = await make_variant_job(database, pattern)
-    worker = Worker(database, settings(60.0))
+    teacher = own_teacher()
+    job_id = await make_variant_job(database, teacher, pattern)
+    worker = Worker(database, settings(60.0, teacher))
     seen: list[tuple[int, list[int]]] = []
-    while (claim := await claim_from(worker, 3)).items:
+    while (claim := await claim_from(worker, 3, teacher)).items:
         variants = {item.variant for item in claim.items}
         assert len(variants) == 1, claim.items
         variant = variants.pop()
@@ -48,13 +54,14 @@ async def test_a_claim_takes_items_of_one_parameter_set_with_that_sets_params(da
 
 
 async def test_a_job_of_one_parameter_set_claims_across_its_items(database: Database) -> None:
+    teacher = own_teacher()
     async with database.transaction() as session:
         project = await insert_project(session, f"single-{uuid.uuid4().hex[:8]}")
-        job = new_job(project.id, TEACHER, VARIANTS[1], {"max_logprobs": 20})
+        job = new_job(project.id, teacher, VARIANTS[1], {"max_logprobs": 20})
         job.total_items = 5
         session.add(job)
         await session.flush()
         await jobs_repository.insert_items(session, [item_row(job, i, PromptRecord(prompt="p")) for i in range(5)])
-    claim = await claim_from(Worker(database, settings(60.0)), 10)
+    claim = await claim_from(Worker(database, settings(60.0, teacher)), 10, teacher)
     assert [item.seq for item in claim.items] == [0, 1, 2, 3, 4]
     assert claim.jobs[job.id].params == VARIANTS[1].lineage() and claim.jobs[job.id].variants is None
