@@ -49,19 +49,21 @@ async def maintain_once(database: Database, settings: Settings) -> None:
     )
     now = utcnow()
     expired = await _in_batches(database, lambda s: batches_service.expire_batches(s, now, BATCH))
+    stalled = await batches_service.fail_orphaned_validations(database, settings, BATCH)
     buckets = await _in_batches(
         database,
         functools.partial(jobs_repository.delete_progress_before, before_bucket=progress_horizon(), limit=BATCH),
     )
-    if interrupted or purged or keys or buckets or expired:
+    if interrupted or purged or keys or buckets or expired or stalled:
         log.info(
             "maintenance: %d interrupted builds failed, %d datasets purged, %d idempotency keys and %d progress "
-            "buckets expired, %d batches past their window expired",
+            "buckets expired, %d batches past their window expired, %d interrupted batch validations failed",
             interrupted,
             purged,
             keys,
             buckets,
             expired,
+            stalled,
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Row, and_, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Batch, Item, Job, Result
+from app.models import Batch, Item, Job, Result, utcnow
 
 DELETED = "deleted"
 OUTPUT_COLUMNS: tuple[Any, ...] = (
@@ -65,6 +65,22 @@ async def jobs_of(session: AsyncSession, job_ids: Sequence[uuid.UUID]) -> dict[u
 
 async def set_batch(session: AsyncSession, batch_id: uuid.UUID, **values: Any) -> None:
     await session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+
+
+async def validating_batches(session: AsyncSession, limit: int) -> list[uuid.UUID]:
+    rows = await session.scalars(select(Batch.id).where(Batch.status == "validating").order_by(Batch.id).limit(limit))
+    return list(rows)
+
+
+async def fail_if_validating(session: AsyncSession, batch_id: uuid.UUID, error: dict[str, Any]) -> bool:
+    """Fail the batch if it is still validating; whether it was."""
+    result = await session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == "validating")
+        .values(status="failed", errors=[error], failed_at=utcnow())
+        .returning(Batch.id)
+    )
+    return result.first() is not None
 
 
 async def batches_to_expire(session: AsyncSession, now: datetime, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:

@@ -3,6 +3,7 @@ output and error files a batch's job makes (see output.py for their lines)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from app.batches.schemas import (
     RequestCounts,
 )
 from app.database import Database
+from app.datasets.build_locks import BuildLocks
 from app.datasets.storage import LocalStorage
 from app.errors import ApiError, not_found
 from app.files import service as files_service
@@ -68,11 +70,37 @@ async def create_batch(
     """Validate the input file; a valid one becomes a job (its lines its items, in order), an invalid one a
     failed batch with line-numbered errors and nothing else stored."""
 
+    batch_id = uuid.uuid4()
+    # Held from before the row exists until its status is final: a `validating` batch whose lock is free was
+    # left by a process that died (see fail_orphaned_validations).
+    with validation_locks(settings).building(batch_id):
+        return await _create(database, registry, settings, storage, body, project_id, batch_id)
+
+
+INTERRUPTED = BatchError(
+    code="interrupted",
+    message="the batch's validation was interrupted: the process reading its file stopped; create it again",
+).model_dump()
+
+
+def validation_locks(settings: Settings) -> BuildLocks:
+    return BuildLocks(settings.resolved_files_dir / "batches")
+
+
+async def _create(
+    database: Database,
+    registry: TeacherRegistry,
+    settings: Settings,
+    storage: LocalStorage,
+    body: BatchCreate,
+    project_id: uuid.UUID,
+    batch_id: uuid.UUID,
+) -> BatchObject:
     async def start(session: AsyncSession) -> tuple[Batch, Path]:
         source = await files_service.get_file(session, body.input_file_id, project_id)
         now = utcnow()
         batch = Batch(
-            id=uuid.uuid4(),
+            id=batch_id,
             project_id=project_id,
             input_file_id=source.id,
             endpoint=body.endpoint,
@@ -136,6 +164,18 @@ async def _load(
             yield row
 
     return await JobLoader(database, settings, job, None).load_rows(rows())
+
+
+async def fail_orphaned_validations(database: Database, settings: Settings, limit: int) -> int:
+    """Fail every `validating` batch no live process validates (its lock is free): its process died between
+    reading the file and recording the outcome. A job it had started loading is swept as any dead load is."""
+    locks, failed = validation_locks(settings), 0
+    for batch_id in await database.run(lambda s: repository.validating_batches(s, limit), readonly=True):
+        with locks.orphaned(batch_id) as orphan:
+            fail = functools.partial(repository.fail_if_validating, batch_id=batch_id, error=INTERRUPTED)
+            if orphan and await database.run(fail):
+                failed += 1
+    return failed
 
 
 async def expire_batches(session: AsyncSession, now: datetime, limit: int) -> int:

@@ -7,6 +7,8 @@ import asyncio
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,9 +17,14 @@ import pytest
 from sqlalchemy import update
 
 from app.batches import service as batches_service
+from app.batches import validation as batches_validation
+from app.batches.schemas import BatchCreate, BatchObject
 from app.batches.validation import MAX_VARIANTS
 from app.database import Database
+from app.files.service import file_storage
 from app.models import Batch, utcnow
+from app.settings import Settings
+from app.teachers.service import TeacherRegistry
 from tests.batches.openai_helpers import (
     chat_line,
     completions_line,
@@ -29,6 +36,7 @@ from tests.batches.openai_helpers import (
 )
 from tests.conftest import Service
 from tests.helpers import job_count, wait_done
+from tests.maintained import project_id
 
 
 def test_invalid_lines_fail_the_batch_with_line_numbered_errors_and_no_job(service: Service, api: httpx.Client) -> None:
@@ -192,3 +200,54 @@ def test_too_many_distinct_parameter_sets_fail_the_batch_at_the_line_past_the_li
     )
     assert batch.status == "failed"
     assert [(e.line, e.code) for e in (batch.errors.data or [])] == [(MAX_VARIANTS + 1, "too_many_parameter_sets")]  # type: ignore[union-attr]
+
+
+def test_a_validation_whose_process_died_is_failed_and_a_live_one_is_not(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `validating` batch is failed by the maintenance pass only when no process holds its lock: one
+    created in this process is checked from inside its own validation, one left behind by a dead process
+    (a row with no lock holder) is failed with an `interrupted` error."""
+    client = openai_client(service)
+    file_id = upload(client, jsonl([completions_line("a", "def f(x):", model="no-such-teacher")]))
+    settings = Settings(data_dir=Path(service.process.env["DISTILLERY_DATA_DIR"]))
+    owner = project_id(service)
+    seen_live: list[int] = []
+    real_validate = batches_validation.validate
+
+    async def run() -> tuple[BatchObject, str | None, list[dict[str, Any]] | None]:
+        database = Database(service.database_url)
+
+        async def validate_after_a_sweep(*args: Any, **kwargs: Any) -> Any:
+            seen_live.append(await batches_service.fail_orphaned_validations(database, settings, 1000))
+            return await real_validate(*args, **kwargs)
+
+        monkeypatch.setattr(batches_validation, "validate", validate_after_a_sweep)
+        try:
+            async with database.transaction() as session:
+                dead = Batch(
+                    project_id=owner,
+                    input_file_id=uuid.uuid4(),
+                    endpoint="/v1/completions",
+                    completion_window="24h",
+                    status="validating",
+                    expires_at=utcnow() + timedelta(hours=24),
+                )
+                session.add(dead)
+            body = BatchCreate(input_file_id=file_id, endpoint="/v1/completions", completion_window="24h")
+            storage = file_storage(settings.resolved_files_dir)
+            live = await batches_service.create_batch(
+                database, TeacherRegistry(settings), settings, storage, body, owner
+            )
+            async with database.transaction() as session:
+                left = await session.get(Batch, dead.id)
+                assert left is not None
+                return live, left.status, left.errors
+        finally:
+            await database.dispose()
+
+    live, dead_status, dead_errors = asyncio.run(run())
+    assert seen_live == [1], "the sweep inside the live validation failed the dead batch only"
+    assert live.status == "failed" and live.errors is not None  # its own outcome: the unknown teacher
+    assert "interrupted" not in [e.code for e in live.errors.data]
+    assert dead_status == "failed" and dead_errors and dead_errors[0]["code"] == "interrupted"
