@@ -5,6 +5,7 @@ The database is filled once through the replay teacher; each export then runs in
 (no worker), so each peak is that export's own.
 
     .venv/bin/python -m bench.export --runs 3        # 1x = 1,600 prompts x 128 tokens (~205k), 10x ~2.05M
+    .venv/bin/python -m bench.export --runs 3 --dataset --name export_dataset   # and a dataset build of 10x
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench.common import (
     RssSampler,
@@ -79,6 +82,24 @@ def export_once(
     }
 
 
+def build_once(teachers: list[dict[str, Any]], db_url: str, workdir: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """One dataset build of the job (train only, no filters) in a fresh service: seconds, tokens/s, RSS."""
+    service = ServiceProcess(data_dir=workdir / "build", teachers=teachers, database_url=db_url, embedded_worker=False)
+    with service:
+        key = ready_service(service, teachers_healthy=False)
+        assert service.process is not None
+        headers = {"authorization": f"Bearer {key}"}
+        with (
+            httpx.Client(base_url=service.url, headers=headers, timeout=3600) as http,
+            RssSampler(service.process.pid) as rss,
+        ):
+            started = time.perf_counter()
+            built = http.post("/v1/datasets", json={"name": f"bench-{time.time_ns()}", "jobs": [job["id"]]})
+            seconds = time.perf_counter() - started
+    assert built.status_code == 201 and built.json()["status"] == "ready", built.text
+    return {"seconds": seconds, "tokens_per_s": job["tokens"] / seconds, "rss_peak": rss.peak}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=1600, help="prompts of the 1x job")
@@ -87,11 +108,13 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--recording", type=Path, default=DEFAULT_RECORDING)
+    parser.add_argument("--dataset", action="store_true", help="also time a dataset build of the big job")
     parser.add_argument("--name", default="export")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/<name>.json")
     args = parser.parse_args()
     big = f"{args.scale}x"
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {f: {"1x": [], big: []} for f in FORMATS}
+    builds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, fresh_postgres() as db_url, ReplayTeacher(args.recording) as replay:
         workdir = Path(tmp)
         jobs = fill(args, db_url, replay.base_url, workdir)
@@ -108,6 +131,12 @@ def main() -> None:
                         f"B/token, peak RSS {r['rss_peak'] / 2**20:.0f} MiB",
                         flush=True,
                     )
+            if args.dataset:
+                b = build_once(teachers, db_url, workdir, jobs[big])
+                builds.append(b)
+                print(
+                    f"run {run} dataset build {big}: {b['tokens_per_s']:,.0f} tok/s in {b['seconds']:.1f} s", flush=True
+                )
     figures: dict[str, Any] = {
         "params": {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()},
         "targets": {"parquet_tokens_per_s": TARGET_PARQUET, "peak_memory_ratio": TARGET_MEMORY_RATIO},
@@ -127,6 +156,13 @@ def main() -> None:
             [b["rss_peak"] / s["rss_peak"] for s, b in zip(per["1x"], per[big], strict=True)]
         )
         figures[fmt_name]["runs"] = per
+    if builds:
+        figures["dataset_build"] = {
+            "tokens_per_s": summary([b["tokens_per_s"] for b in builds]),
+            "rss_peak_mib": summary([b["rss_peak"] / 2**20 for b in builds]),
+            "runs": builds,
+        }
+        print(f"dataset build {big}: {fmt(figures['dataset_build']['tokens_per_s'], 'tok/s')}", flush=True)
     path = write_result(args.name, figures, out=args.out)
     p, j = figures["parquet"], figures["jsonl"]
     print(

@@ -63,7 +63,7 @@ def test_ceiling_and_storage(tmp_path: Path, postgres: None) -> None:
 
 def test_export(tmp_path: Path, postgres: None) -> None:
     data = run_bench(
-        "export", tmp_path / "e.json", "--prompts", "8", "--scale", "2", "--max-tokens", "8", "--runs", "1"
+        "export", tmp_path / "e.json", "--prompts", "8", "--scale", "2", "--max-tokens", "8", "--runs", "1", "--dataset"
     )
     assert data["jobs"]["1x"]["tokens"] == 64 and data["jobs"]["2x"]["tokens"] == 128
     for fmt in ("parquet", "jsonl"):
@@ -71,6 +71,7 @@ def test_export(tmp_path: Path, postgres: None) -> None:
             positive_summary(data[fmt][size]["tokens_per_s"])
             assert data[fmt][size]["rss_peak_mib"]["median"] > 10
         assert 0.5 < data[fmt]["peak_memory_ratio"]["median"] < 2
+    positive_summary(data["dataset_build"]["tokens_per_s"])
 
 
 def test_submission(tmp_path: Path, postgres: None) -> None:
