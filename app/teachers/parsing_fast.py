@@ -181,17 +181,8 @@ def fast_completions(choices: list[Any], *, n: int, k: int) -> list[ParsedComple
     all_lps = logprobs_array(sampled_lps).astype(np.float32)
     out: list[ParsedCompletion] = []
     for choice, rows in zip(choices, _split(len(positions), lengths), strict=True):
-        index = int(choice["index"])
-        out.append(
-            ParsedCompletion(
-                prompt_index=index // n,
-                sample_index=index % n,
-                text=choice.get("text") or "",
-                finish_reason=choice.get("finish_reason"),
-                arrays=TopKArrays(all_ids[rows], all_lps[rows], topk_ids[rows], topk_lps[rows]),
-                prompt_token_ids=choice.get("prompt_token_ids"),
-            )
-        )
+        arrays = TopKArrays(all_ids[rows], all_lps[rows], topk_ids[rows], topk_lps[rows])
+        out.append(ParsedCompletion.of_choice(choice, n, arrays))
     return out
 
 

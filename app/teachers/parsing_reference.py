@@ -36,6 +36,13 @@ class ParsedCompletion:
     arrays: TopKArrays
     prompt_token_ids: list[int] | None
 
+    @classmethod
+    def of_choice(cls, choice: dict[str, Any], n: int, arrays: TopKArrays) -> ParsedCompletion:
+        """The sample of one /v1/completions choice: its index counts n samples per prompt."""
+        index = int(choice["index"])
+        text, reason = choice.get("text") or "", choice.get("finish_reason")
+        return cls(index // n, index % n, text, reason, arrays, choice.get("prompt_token_ids"))
+
 
 def token_id(key: str) -> int:
     """The id in a "token_id:N" key."""
@@ -69,7 +76,6 @@ def reference_completions(choices: list[Any], *, n: int, k: int) -> list[ParsedC
     """One choice at a time with Python sorting: slow, and the definition of the behaviour."""
     out: list[ParsedCompletion] = []
     for choice in choices:
-        index = int(choice["index"])
         logprobs = choice.get("logprobs")
         if not logprobs:
             raise TeacherResponseError("completion choice has no logprobs")
@@ -86,16 +92,7 @@ def reference_completions(choices: list[Any], *, n: int, k: int) -> list[ParsedC
         if not (len(ids) == len(sampled_lps) == len(candidates)):
             raise TeacherResponseError("token ids, logprobs and top-k lists differ in length")
         topk_ids, topk_lps = topk_rows(candidates, k)
-        out.append(
-            ParsedCompletion(
-                prompt_index=index // n,
-                sample_index=index % n,
-                text=choice.get("text") or "",
-                finish_reason=choice.get("finish_reason"),
-                arrays=TopKArrays(ids, sampled_lps, topk_ids, topk_lps),
-                prompt_token_ids=choice.get("prompt_token_ids"),
-            )
-        )
+        out.append(ParsedCompletion.of_choice(choice, n, TopKArrays(ids, sampled_lps, topk_ids, topk_lps)))
     return out
 
 

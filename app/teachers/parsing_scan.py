@@ -179,16 +179,7 @@ def _assemble_completions(scan: _Scanned, *, num_prompts: int, n: int, k: int) -
         else:
             c_ids = topk_ids[bounds[region] : bounds[region + 1]]
             c_lps = topk_lps[bounds[region] : bounds[region + 1]]
-        index = int(choice["index"])
-        out.append(
-            ParsedCompletion(
-                prompt_index=index // n,
-                sample_index=index % n,
-                text=choice.get("text") or "",
-                finish_reason=choice.get("finish_reason"),
-                arrays=TopKArrays(all_ids[at : at + length], all_lps[at : at + length], c_ids, c_lps),
-                prompt_token_ids=choice.get("prompt_token_ids"),
-            )
-        )
+        arrays = TopKArrays(all_ids[at : at + length], all_lps[at : at + length], c_ids, c_lps)
+        out.append(ParsedCompletion.of_choice(choice, n, arrays))
         at += length
     return out
