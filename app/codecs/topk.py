@@ -65,6 +65,16 @@ class PackedTopK:
     topk_logprobs: bytes
 
 
+def _checked_shape(arrays: TopKArrays) -> tuple[int, int]:
+    """(positions, k) of arrays whose shapes agree; ValueError otherwise."""
+    t, k = arrays.topk_ids.shape
+    if arrays.token_ids.shape != (t,) or arrays.token_logprobs.shape != (t,):
+        raise ValueError("token arrays and top-k arrays disagree on the number of positions")
+    if arrays.topk_logprobs.shape != (t, k):
+        raise ValueError("top-k ids and logprobs differ in shape")
+    return t, k
+
+
 class TopKCodec:
     """Version 1: int32 ids and float16 logprobs, 126 bytes per token at k = 20; reads back as views."""
 
@@ -73,11 +83,7 @@ class TopKCodec:
     _lp_dtype = np.dtype("<f2")
 
     def encode(self, arrays: TopKArrays) -> PackedTopK:
-        t, k = arrays.topk_ids.shape
-        if arrays.token_ids.shape != (t,) or arrays.token_logprobs.shape != (t,):
-            raise ValueError("token arrays and top-k arrays disagree on the number of positions")
-        if arrays.topk_logprobs.shape != (t, k):
-            raise ValueError("top-k ids and logprobs differ in shape")
+        t, k = _checked_shape(arrays)
         return PackedTopK(
             codec=self.version,
             num_tokens=t,
@@ -171,11 +177,7 @@ class TopKCodecV3(TopKCodecV2):
         return bool(np.all(lps[:, 1:] <= lps[:, :-1]) and np.all(lps[:, 0] < np.inf))
 
     def encode(self, arrays: TopKArrays) -> PackedTopK:
-        t, k = arrays.topk_ids.shape
-        if arrays.token_ids.shape != (t,) or arrays.token_logprobs.shape != (t,):
-            raise ValueError("token arrays and top-k arrays disagree on the number of positions")
-        if arrays.topk_logprobs.shape != (t, k):
-            raise ValueError("top-k ids and logprobs differ in shape")
+        t, k = _checked_shape(arrays)
         return PackedTopK(
             codec=self.version,
             num_tokens=t,
