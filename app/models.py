@@ -201,14 +201,14 @@ class Item(Base):
 
 
 class Result(Base):
-    """One completion (item, sample) with its token ids and top-k packed by a TopKCodec."""
+    """One completion (item, sample) with its token ids and top-k packed by a TopKCodec. Keyed by (job,
+    item, sample): the one index serves export order, the per-item lookup and the insert's conflict check."""
 
     __tablename__ = "results"
 
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    sample_index: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(AnyText)
     finish_reason: Mapped[str | None] = mapped_column(AnyString(32))
     num_tokens: Mapped[int] = mapped_column(Integer)
@@ -224,11 +224,6 @@ class Result(Base):
     reference_logprobs: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     # Index in token_ids of the first answer token after the teacher's end-of-reasoning token (null: none).
     answer_start: Mapped[int | None] = mapped_column(Integer, default=None)
-
-    __table_args__ = (
-        UniqueConstraint("item_id", "sample_index", name="uq_results_item_sample"),
-        Index("ix_results_job_item", "job_id", "item_id", "sample_index"),
-    )
 
 
 class IdempotencyKey(Base):

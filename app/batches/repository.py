@@ -108,7 +108,7 @@ async def output_page(
     each with its first completion if it has one."""
     stmt = (
         select(*OUTPUT_COLUMNS)
-        .outerjoin(Result, and_(Result.item_id == Item.id, Result.sample_index == 0))
+        .outerjoin(Result, and_(Result.job_id == Item.job_id, Result.item_id == Item.id, Result.sample_index == 0))
         .where(Item.job_id == job_id, Item.status.in_(statuses), Item.seq > after)
         .order_by(Item.seq)
         .limit(limit)

@@ -307,8 +307,11 @@ async def sweep_of(session: AsyncSession, job_id: uuid.UUID, *, lock: bool = Fal
 async def purge_batch(session: AsyncSession, job_id: uuid.UUID, limit: int) -> bool:
     """Delete up to `limit` rows of a deleted job: its results first, then its items, then its progress
     buckets, and at last the job row itself (its idempotency key goes with it). False once nothing is left."""
-    results = select(Result.id).where(Result.job_id == job_id).limit(limit)
-    if await _deleted_any(session, delete(Result).where(Result.id.in_(results))):
+    # the results of up to `limit` items (an item has at most n of them)
+    items_with_results = select(Result.item_id).where(Result.job_id == job_id).limit(limit)
+    if await _deleted_any(
+        session, delete(Result).where(Result.job_id == job_id, Result.item_id.in_(items_with_results))
+    ):
         return True
     # deleting an item takes along any result a worker stored for it after the results went
     items = select(Item.id).where(Item.job_id == job_id).limit(limit)

@@ -220,7 +220,7 @@ async def insert_results(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     """One multi-row insert; a (item, sample) already stored is left as it is."""
     if not rows:
         return
-    stmt = dialect_insert(session)(Result).on_conflict_do_nothing(index_elements=["item_id", "sample_index"])
+    stmt = dialect_insert(session)(Result).on_conflict_do_nothing(index_elements=["job_id", "item_id", "sample_index"])
     await session.execute(stmt, list(rows))
 
 

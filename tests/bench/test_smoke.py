@@ -61,6 +61,19 @@ def test_ceiling_and_storage(tmp_path: Path, postgres: None) -> None:
     assert run["relations"]["results"]["total"] > 0
 
 
+def test_storage(tmp_path: Path, postgres: None) -> None:
+    data = run_bench(
+        "storage", tmp_path / "s.json", "--prompts", "16", "--lengths", "16", "--codecs", "3", "4", "--runs", "1"
+    )
+    for codec in (3, 4):
+        figures = data[f"16_tokens_v{codec}"]
+        assert figures["tokens"] == 16 * 16
+        positive_summary(figures["bytes_per_token"])
+        positive_summary(figures["added_bytes_per_token"])
+        assert figures["relations"]["results"] > 0 and figures["added_relations"]["results"] > 0
+        assert figures["fidelity"]["stored"]["codec_versions"] == {str(codec): 16}
+
+
 def test_export(tmp_path: Path, postgres: None) -> None:
     data = run_bench(
         "export", tmp_path / "e.json", "--prompts", "8", "--scale", "2", "--max-tokens", "8", "--runs", "1", "--dataset"

@@ -44,7 +44,7 @@ def rows(draw: st.DrawFn) -> TopKArrays:
 @settings(max_examples=300, deadline=None)
 @given(rows())
 def test_round_trip(original: TopKArrays) -> None:
-    packed = encode_topk(original)
+    packed = encode_topk(original, 3)
     assert packed.codec == 3
     decoded = codec_for(3).decode(packed)
     t, k = original.topk_ids.shape
@@ -109,7 +109,8 @@ def test_rows_v3_cannot_hold_fall_back() -> None:
     negative = TopKArrays(
         base.token_ids, base.token_logprobs, np.array([[1, -2], [3, 4]], np.int32), base.topk_logprobs
     )
-    assert encode_topk(base).codec == 3
+    assert encode_topk(base).codec == 4
+    assert encode_topk(base, 3).codec == 3
     assert encode_topk(unsorted).codec == 2
     assert encode_topk(nan).codec == 2
     assert encode_topk(negative).codec == 1
@@ -122,7 +123,7 @@ def test_a_job_can_ask_for_an_older_codec() -> None:
     a = TopKArrays(
         np.array([1], np.int32), np.zeros(1, np.float32), np.array([[1]], np.int32), np.zeros((1, 1), np.float32)
     )
-    assert [encode_topk(a, v).codec for v in (1, 2, 3)] == [1, 2, 3]
+    assert [encode_topk(a, v).codec for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
 
 
 def test_bytes_per_token_at_k20_for_a_128k_vocabulary() -> None:

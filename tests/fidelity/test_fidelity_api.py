@@ -15,9 +15,9 @@ PROMPTS = [{"prompt": p} for p in ("def parse(", "import os\n", "class Cache:\n"
 
 def test_fidelity_per_codec(service: Service) -> None:
     with service.client() as api:
-        jobs = {v: submit(api, PROMPTS, max_tokens=24, top_logprobs=8, codec=v)["id"] for v in (1, 2, 3)}
+        jobs = {v: submit(api, PROMPTS, max_tokens=24, top_logprobs=8, codec=v)["id"] for v in (1, 2, 3, 4)}
         default = submit(api, PROMPTS[:1], max_tokens=4, top_logprobs=2)
-        assert default["params"]["codec"] == 3  # the default, recorded with the job's params
+        assert default["params"]["codec"] == 4  # the default, recorded with the job's params
         for version, job_id in jobs.items():
             job = wait_done(api, job_id)
             assert job["status"] == "completed"
@@ -37,6 +37,12 @@ def test_fidelity_per_codec(service: Service) -> None:
             assert v3["max_abs_error"] <= 1 / 2048 + 1e-5 and v3["mean_kl"] < 1e-6 and v3["minus_inf_kept"]
             assert v3["sampled_max_abs_error"] == 0
             assert v3["bytes_per_token"] < by_version[2]["bytes_per_token"] < by_version[1]["bytes_per_token"]
+            # v4 stores v3's values in fewer bytes, so every error figure is v3's
+            v4 = dict(by_version[4])
+            assert v4.pop("bytes_per_token") < v3["bytes_per_token"]
+            assert {key: value for key, value in v3.items() if key not in ("version", "bytes_per_token")} == {
+                key: value for key, value in v4.items() if key != "version"
+            }
             records = all_records(api, job_id)
             assert sum(len(r["token_ids"]) for r in records) == job["tokens_generated"]
             export = api.get(f"/v1/jobs/{job_id}/export", params={"format": "jsonl"})
@@ -59,5 +65,5 @@ def test_fidelity_of_an_unknown_job_is_404(service: Service) -> None:
 
 def test_codec_is_checked(service: Service) -> None:
     with service.client() as api:
-        response = api.post("/v1/jobs", json={"teacher": "tiny", "params": {"codec": 4}, "prompts": PROMPTS})
+        response = api.post("/v1/jobs", json={"teacher": "tiny", "params": {"codec": 5}, "prompts": PROMPTS})
         assert response.status_code == 422 and "codec" in response.text

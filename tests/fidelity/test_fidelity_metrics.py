@@ -65,7 +65,7 @@ def _finite_errors(teacher: TopKArrays, decoded: TopKArrays) -> list[float]:
 def test_codecs_rank_as_their_formats_say() -> None:
     sample = [(row, encode_topk(row)) for row in (teacher_row(s, t=64, k=20) for s in range(4))]
     _, codecs = measure(sample)
-    v1, v2, v3 = codecs
+    v1, v2, v3, v4 = codecs
     assert v3.max_abs_error is not None and v3.max_abs_error <= 1 / 2048 + 1e-5
     assert v1.max_abs_error is not None and v3.max_abs_error < v1.max_abs_error
     assert v3.mean_kl is not None and v3.mean_kl < 1e-6
@@ -73,6 +73,9 @@ def test_codecs_rank_as_their_formats_say() -> None:
     assert v1.sampled_max_abs_error is not None and v1.sampled_max_abs_error > 0  # float16
     assert v3.bytes_per_token is not None and v2.bytes_per_token is not None and v1.bytes_per_token is not None
     assert v3.bytes_per_token < v2.bytes_per_token < v1.bytes_per_token
+    assert v4.bytes_per_token is not None and v4.bytes_per_token < v3.bytes_per_token
+    same_values = {"version", "bytes_per_token"}
+    assert v4.model_dump(exclude=same_values) == v3.model_dump(exclude=same_values)
 
 
 def test_kl_is_zero_for_identical_and_positive_for_a_moved_mass() -> None:
