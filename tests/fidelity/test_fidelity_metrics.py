@@ -74,8 +74,8 @@ def test_codecs_rank_as_their_formats_say() -> None:
     assert v3.bytes_per_token is not None and v2.bytes_per_token is not None and v1.bytes_per_token is not None
     assert v3.bytes_per_token < v2.bytes_per_token < v1.bytes_per_token
     assert v4.bytes_per_token is not None and v4.bytes_per_token < v3.bytes_per_token
-    same_values = {"version", "bytes_per_token"}
-    assert v4.model_dump(exclude=same_values) == v3.model_dump(exclude=same_values)
+    excluded = {"version", "bytes_per_token"}
+    assert v4.model_dump(exclude=excluded) == v3.model_dump(exclude=excluded)
 
 
 def test_kl_is_zero_for_identical_and_positive_for_a_moved_mass() -> None:
