@@ -159,54 +159,44 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     memcpy(padded, b + HEADER, body);
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
     const unsigned char *low = padded, *unary = padded + low_size;
-    uint64_t unary_bits_total = (uint64_t)(body - low_size) * 8;
-    uint64_t pos = 0, low_bit = 0, sum = 0, mask = (((uint64_t)1) << r) - 1;
-    Py_ssize_t left = 0; /* values left in the current run */
-    for (Py_ssize_t i = 0; i < count; i++) {
-        uint64_t high = 0;
-        for (;;) {
-            if (pos >= unary_bits_total) {
-                error = "a Rice blob holds fewer values than asked";
+    size_t unary_size = body - low_size;
+    uint64_t low_bit = 0, sum = 0, mask = (((uint64_t)1) << r) - 1;
+    int64_t previous_end = -1;
+    Py_ssize_t i = 0, left = 0; /* values read; values left in the current run */
+    /* Each 1 bit of the unary part ends a value: walk them word by word (the copy's zero padding makes
+     * the last read safe). */
+    for (size_t at = 0; at < unary_size; at += 8) {
+        uint64_t word = read64(unary + at);
+        while (word) {
+            if (i == count) {
+                error = "a Rice blob holds more values than asked";
                 goto done;
             }
-            uint64_t word = read64(unary + (pos >> 3)) >> (pos & 7);
-            if (word) {
-                uint64_t zeros = (uint64_t)__builtin_ctzll(word);
-                high += zeros;
-                pos += zeros + 1;
-                break;
+            int64_t end = (int64_t)(at * 8) + __builtin_ctzll(word);
+            word &= word - 1;
+            uint64_t value = (uint64_t)(end - previous_end - 1) << r;
+            previous_end = end;
+            if (r) {
+                value |= (read64(low + (low_bit >> 3)) >> (low_bit & 7)) & mask;
+                low_bit += (uint64_t)r;
             }
-            high += 64 - (pos & 7);
-            pos += 64 - (pos & 7);
+            value <<= shift;
+            if (left == 0) {
+                sum = 0;
+                left = run;
+            }
+            left--;
+            sum += value;
+            if (sum > limit) {
+                error = "a Rice blob decodes to values beyond its limit";
+                goto done;
+            }
+            o[2 * i] = (unsigned char)sum;
+            o[2 * i + 1] = (unsigned char)(sum >> 8);
+            i++;
         }
-        if (pos > unary_bits_total) {
-            error = "a Rice blob holds fewer values than asked";
-            goto done;
-        }
-        uint64_t value = high << r;
-        if (r) {
-            value |= (read64(low + (low_bit >> 3)) >> (low_bit & 7)) & mask;
-            low_bit += (uint64_t)r;
-        }
-        value <<= shift;
-        if (left == 0) {
-            sum = 0;
-            left = run;
-        }
-        left--;
-        sum += value;
-        if (sum > limit) {
-            error = "a Rice blob decodes to values beyond its limit";
-            goto done;
-        }
-        o[2 * i] = (unsigned char)sum;
-        o[2 * i + 1] = (unsigned char)(sum >> 8);
     }
-    for (; pos < unary_bits_total; pos++)
-        if ((unary[pos >> 3] >> (pos & 7)) & 1u) {
-            error = "a Rice blob holds more values than asked";
-            goto done;
-        }
+    if (i != count) error = "a Rice blob holds fewer values than asked";
 done:
     PyBuffer_Release(&in);
     free(padded);

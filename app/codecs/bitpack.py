@@ -1,7 +1,9 @@
 """Bit packing of non-negative integers at a fixed width (1-32 bits), little-endian bit order, in numpy.
 
 Value i occupies bits [i * width, (i + 1) * width) of the byte string read as one little-endian number.
-Used by codec v3 (app/codecs/topk.py) for token ids at the width the row's largest id needs.
+Used by codecs v3 and v4 (app/codecs/topk.py) for token ids at the width the row's largest id needs, and
+by the Rice coder (app/codecs/rice.py). `pack_bits`/`unpack_bits` use the compiled packer
+(app/codecs/_bitpack.c, same bytes) when it is built.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+try:
+    from app.codecs import _bitpack  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the numpy path serves alone
+    _bitpack = None
+
 MAX_WIDTH = 32
+ALL_ONES = 0xFFFFFFFF
 
 
 def packed_size(count: int, width: int) -> int:
@@ -45,6 +53,27 @@ def _layout(count: int, width: int) -> _Layout:
 
 def pack_bits(values: npt.NDArray[np.uint32], width: int) -> bytes:
     """`values` (each below 2**width) packed at `width` bits each."""
+    if _bitpack is not None and 1 <= width <= MAX_WIDTH:
+        packed: bytes = _bitpack.pack(np.ascontiguousarray(values.reshape(-1), dtype="<u4"), width)
+        return packed
+    return numpy_pack_bits(values, width)
+
+
+def unpack_bits(
+    blob: bytes | memoryview, count: int, width: int, *, all_ones_as_max: bool = False
+) -> npt.NDArray[np.uint32]:
+    """The `count` values of `width` bits packed in `blob`; with `all_ones_as_max`, the value 2**width - 1
+    reads as 2**32 - 1 (-1 once viewed as int32, the codecs' missing id)."""
+    if _bitpack is not None and 1 <= width <= MAX_WIDTH and len(blob) == packed_size(count, width):
+        return np.frombuffer(_bitpack.unpack(blob, count, width, all_ones_as_max), dtype="<u4")
+    values = numpy_unpack_bits(blob, count, width)
+    if all_ones_as_max:
+        values[values == (1 << width) - 1] = ALL_ONES
+    return values
+
+
+def numpy_pack_bits(values: npt.NDArray[np.uint32], width: int) -> bytes:
+    """pack_bits without the compiled packer."""
     if not 1 <= width <= MAX_WIDTH:
         raise ValueError(f"bit width {width} is outside 1-{MAX_WIDTH}")
     count = values.size
@@ -61,8 +90,8 @@ def pack_bits(values: npt.NDArray[np.uint32], width: int) -> bytes:
     return words.astype("<u8", copy=False).tobytes()[: packed_size(count, width)]
 
 
-def unpack_bits(blob: bytes | memoryview, count: int, width: int) -> npt.NDArray[np.uint32]:
-    """The `count` values of `width` bits packed in `blob`."""
+def numpy_unpack_bits(blob: bytes | memoryview, count: int, width: int) -> npt.NDArray[np.uint32]:
+    """unpack_bits without the compiled packer."""
     if not 1 <= width <= MAX_WIDTH:
         raise ValueError(f"bit width {width} is outside 1-{MAX_WIDTH}")
     if len(blob) != packed_size(count, width):

@@ -297,9 +297,8 @@ def _unpack_ids(blob: bytes, count: int) -> IdArray:
     width = blob[0]
     if not 1 <= width <= MAX_WIDTH or len(blob) != 1 + packed_size(count, width):
         raise ValueError(f"a v3 id blob of {len(blob)} bytes does not hold {count} ids")
-    values = unpack_bits(memoryview(blob)[1:], count, width)
-    ids = values.astype(np.int32)
-    ids[values == (1 << width) - 1] = MISSING_ID
+    # the all-ones marker reads as 2^32 - 1, which is the missing id -1 as int32
+    ids: IdArray = unpack_bits(memoryview(blob)[1:], count, width, all_ones_as_max=True).view(np.int32)
     return ids
 
 
