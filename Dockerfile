@@ -1,7 +1,8 @@
 # One image for migrate, api and worker: a non-editable install of the wheel, its dependencies pinned by
 # deploy/requirements.lock. Teachers are vLLM servers reached over HTTP: no model and no torch in here.
 FROM python:3.11-slim AS build
-# A C compiler for the top-k scanner (app/teachers/_scan.c); the wheel then carries it, the runtime needs none.
+# A C compiler for the top-k scanner and the codecs' packers (app/teachers/_scan.c, app/codecs/_*.c); the
+# wheel then carries them, the runtime needs none.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -59,9 +59,11 @@ def test_wheel_installed_elsewhere_migrates_a_new_database(empty_postgres: str, 
     env.update(DISTILLERY_DATABASE_URL=empty_postgres, DISTILLERY_DATA_DIR=str(tmp_path / "data"))
     where = run(python, "-c", "import app; print(app.__file__)", cwd=tmp_path, env=env)
     assert where.startswith(str(venv)), where
-    # The wheel built the top-k scanner (app/teachers/_scan.c) itself: the ingest path's speed depends on it.
-    scanner = run(python, "-c", "from app.teachers import _scan; print(_scan.__file__)", cwd=tmp_path, env=env)
-    assert scanner.startswith(str(venv)), scanner
+    # The wheel built the top-k scanner (app/teachers/_scan.c) and the codecs' packers (app/codecs/_*.c)
+    # itself: the ingest and export paths' speed depends on them.
+    for module in ("app.teachers._scan", "app.codecs._bitpack", "app.codecs._rice"):
+        built = run(python, "-c", f"import {module} as m; print(m.__file__)", cwd=tmp_path, env=env)
+        assert built.startswith(str(venv)), built
     # The console's templates and static files ship in the wheel, and a page renders from the installed copy.
     shipped = run(python, "-c", CONSOLE_FILES, cwd=tmp_path, env=env)
     assert shipped.split() == ["base.html", "viewer.html", "ui.css", "viewer.js", "sign-in-renders"], shipped
