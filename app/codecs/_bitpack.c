@@ -12,16 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t read64(const unsigned char *p) {
-    uint64_t word;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(&word, p, 8);
-#else
-    word = 0;
-    for (int j = 0; j < 8; j++) word |= (uint64_t)p[j] << (8 * j);
-#endif
-    return word;
-}
+#include "_bits.h"
 
 static uint32_t load_u32(const unsigned char *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);

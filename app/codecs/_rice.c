@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_bits.h"
+
 #define HEADER 2
 
 static uint32_t load_u16(const unsigned char *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
@@ -106,17 +108,6 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     }
     free(v);
     return out;
-}
-
-static uint64_t read64(const unsigned char *p) {
-    uint64_t word;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(&word, p, 8);
-#else
-    word = 0;
-    for (int j = 0; j < 8; j++) word |= (uint64_t)p[j] << (8 * j);
-#endif
-    return word;
 }
 
 static PyObject *decode(PyObject *self, PyObject *args) {
