@@ -57,7 +57,8 @@ def job_count(api: httpx.Client) -> int:
 
 
 def result_stats(database_url: str, job_id: str) -> dict[str, int]:
-    """Counts straight from the database: results, duplicates, items by status, most attempts."""
+    """Counts straight from the database: results, items by status, most attempts. (A result stored twice
+    cannot be counted: (job, item, sample) is the results table's primary key.)"""
     import asyncio
     import uuid
 
@@ -72,13 +73,6 @@ def result_stats(database_url: str, job_id: str) -> dict[str, int]:
             async with db.transaction(readonly=True) as s:
                 jid = uuid.UUID(job_id)
                 results = await s.scalar(select(func.count()).select_from(Result).where(Result.job_id == jid))
-                per_sample = (
-                    select(func.count().label("c"))
-                    .where(Result.job_id == jid)
-                    .group_by(Result.item_id, Result.sample_index)
-                    .subquery()
-                )
-                duplicates = await s.scalar(select(func.count()).select_from(per_sample).where(per_sample.c.c > 1))
                 statuses: dict[str, int] = dict(
                     (
                         await s.execute(
@@ -91,7 +85,6 @@ def result_stats(database_url: str, job_id: str) -> dict[str, int]:
             await db.dispose()
         return {
             "results": int(results or 0),
-            "duplicates": int(duplicates or 0),
             "max_attempts": int(attempts or 0),
             **{f"items_{k}": int(v) for k, v in statuses.items()},
         }
