@@ -45,8 +45,9 @@ TARGET_BYTES_PER_TOKEN = 140
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy record (collapsed stacks) on pid while the block runs, when out is given."""
+def py_spy(pid: int, out: Path | None, *, gil: bool = False) -> Iterator[None]:
+    """py-spy record (collapsed stacks) on pid while the block runs, when out is given; `gil`: only the
+    thread holding the GIL is sampled (what runs, not what waits for it, in a process with threads)."""
     if out is None:
         yield
         return
@@ -62,6 +63,8 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
         "raw",
         "--rate",
         "100",
+        "--nonblocking",  # pausing the process to sample skews the stacks towards system calls
+        *(["--gil"] if gil else []),
     ]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
@@ -110,7 +113,10 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
             form = {"teacher": "tiny", "max_tokens": args.max_tokens, "top_logprobs": args.k, "temperature": 1.0}
             if args.codec is not None:
                 form["codec"] = args.codec
-            with service_client(service.url, api_key) as client, py_spy(pid, args.profile if run == 0 else None):
+            with (
+                service_client(service.url, api_key) as client,
+                py_spy(pid, args.profile if run == 0 else None, gil=args.profile_gil),
+            ):
                 cpu0, replay0, wall0 = cpu_seconds(pid), cpu_seconds(replay.pid), time.perf_counter()
                 busy0 = psutil.cpu_times()
                 job = client.upload(prompts, form)
@@ -156,6 +162,7 @@ def main() -> None:
     parser.add_argument("--codec", type=int, choices=(1, 2, 3), help="the job's top-k codec (default: the service's)")
     parser.add_argument("--recording", type=Path, default=DEFAULT_RECORDING)
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the first run's service here")
+    parser.add_argument("--profile-gil", action="store_true", help="profile only the thread holding the GIL")
     parser.add_argument("--name", default="ceiling")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/<name>.json")
     args = parser.parse_args()
