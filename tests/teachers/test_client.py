@@ -85,7 +85,7 @@ def teacher(url: str, **fields: object) -> TeacherConfig:
 
 
 async def test_concurrent_requests_get_a_pool_each_and_reuse_them(server: RecordingServer) -> None:
-    server.delay = 0.05
+    server.delay = 0.5  # long enough that every request of a gather is in flight at once, even on a busy machine
     client = TeacherClient(teacher(f"http://127.0.0.1:{server.port}"))
     try:
         answers = await asyncio.gather(*(client.chat_completions({"i": i}) for i in range(16)))
@@ -104,7 +104,7 @@ async def test_concurrent_requests_get_a_pool_each_and_reuse_them(server: Record
 
 
 async def test_pools_of_several_connections(server: RecordingServer) -> None:
-    server.delay = 0.05
+    server.delay = 0.5  # long enough that every request of a gather is in flight at once, even on a busy machine
     client = TeacherClient(teacher(f"http://127.0.0.1:{server.port}"), shard_connections=4)
     try:
         await asyncio.gather(*(client.completions({}) for _ in range(10)))
@@ -115,7 +115,7 @@ async def test_pools_of_several_connections(server: RecordingServer) -> None:
 
 
 async def test_the_connection_cap_queues_what_is_past_it(server: RecordingServer) -> None:
-    server.delay = 0.05
+    server.delay = 0.5  # long enough that every request of a gather is in flight at once, even on a busy machine
     client = TeacherClient(teacher(f"http://127.0.0.1:{server.port}"), max_connections=2)
     try:
         answers = await asyncio.gather(*(client.completions({}) for _ in range(6)))
