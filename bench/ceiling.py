@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import psutil
 
+from app.codecs.topk import CODECS
 from bench.common import (
     cpu_seconds,
     fmt,
@@ -159,7 +160,9 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=8, help="the teacher's max_inflight")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chat", action="store_true", help="chat messages (one request per conversation)")
-    parser.add_argument("--codec", type=int, choices=(1, 2, 3), help="the job's top-k codec (default: the service's)")
+    parser.add_argument(
+        "--codec", type=int, choices=sorted(CODECS), help="the job's top-k codec (default: the service's)"
+    )
     parser.add_argument("--recording", type=Path, default=DEFAULT_RECORDING)
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the first run's service here")
     parser.add_argument("--profile-gil", action="store_true", help="profile only the thread holding the GIL")
