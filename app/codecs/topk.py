@@ -265,8 +265,8 @@ class TopKCodecV4(TopKCodecV3):
         if blob[4 * t] == 0:
             codes = rice_decode(memoryview(blob)[head:], t * (k - 1), run=max(1, k - 1), limit=self._gap_max)
             return self._from_gap_codes(top, codes.reshape(t, k - 1))
-        counts = np.frombuffer(blob, np.uint8, count=t, offset=head)
-        if len(blob) < head + t or int(counts.max(initial=0)) > k - 1:
+        counts = np.frombuffer(blob, np.uint8, count=t, offset=head) if len(blob) >= head + t else None
+        if counts is None or int(counts.max(initial=0)) > k - 1:
             raise ValueError(f"a v4 top-k logprob blob of {len(blob)} bytes does not fit {t} x {k}")
         finite = np.arange(k - 1) < counts[:, None]
         steps = np.zeros((t, k - 1), dtype=np.uint16)
