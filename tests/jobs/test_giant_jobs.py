@@ -153,7 +153,7 @@ def test_a_loading_job_is_listed_as_loading_and_never_claimed(giant: Giant, api:
     """While an upload loads chunk by chunk, GET /v1/jobs shows it as loading with the items stored so far,
     none of them has been claimed, and its Idempotency-Key answers 409; once loaded it is queued with every
     item, and the key replays it."""
-    count = 4000
+    count = 20_000  # 20 committed chunks: 4,000 (4 chunks) once loaded before the 20 ms poll saw it, in CI
     body = jsonl([{"prompt": f"x{i}"} for i in range(count)])
     key = {"Idempotency-Key": "loading"}
     responses: list[httpx.Response] = []
